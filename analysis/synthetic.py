@@ -1,0 +1,197 @@
+"""Atlases with planted, known structure - for tests, benchmarks and trying the app.
+
+Each layer of a synthetic atlas has
+* **lobes**: features fall into ``n_lobes`` groups; directions of a group cluster around a
+  common centre, and a group's features fire together in the blocks of "its" corpus
+  subset, so geometry follows function by construction;
+* **crystals**: ``n_parallelograms`` exact-up-to-noise parallelograms ``a - b = c - d``
+  and ``n_trapezoids`` faces with parallel edges of length ratio ``trapezoid_ratio``;
+* **a power-law spectrum**: the decoder's covariance eigenvalues are exactly
+  ``λ_r ∝ r^-alpha`` (before the few crystal rows are written), alpha chosen per layer.
+
+The planted truth is stored beside the arrays (``planted_lobes.npy``,
+``planted_crystals.parquet``, ``planted.json``) so tests can score what the analyses find.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from analysis.atlas import AtlasWriter, CorpusInfo, LayerInfo, Manifest, ModelInfo, SAEInfo
+
+SUBSETS = ["code", "math", "prose", "chat", "legal", "science", "news", "web"]
+_VOCAB = {
+    "code": ["def", "return", "import", "self", "None", "lambda", "class", "yield", "try", "except"],
+    "math": ["sum", "integral", "theta", "matrix", "prime", "sqrt", "lemma", "proof", "vector", "epsilon"],
+    "prose": ["the", "river", "morning", "quiet", "house", "walked", "garden", "letter", "window", "shadow"],
+    "chat": ["lol", "thanks", "hey", "yeah", "okay", "haha", "please", "sure", "cool", "sorry"],
+    "legal": ["hereby", "licence", "warranty", "liability", "clause", "party", "terms", "shall", "notice", "rights"],
+    "science": ["cell", "protein", "energy", "sample", "species", "neuron", "enzyme", "orbit", "carbon", "gene"],
+    "news": ["minister", "election", "market", "reported", "police", "city", "official", "budget", "crisis", "vote"],
+    "web": ["click", "login", "cookie", "page", "email", "download", "share", "menu", "home", "search"],
+}
+
+
+def power_law_directions(rng: np.random.Generator, base: np.ndarray, alpha: float) -> np.ndarray:
+    """Re-colour ``base`` [F, d] so its covariance eigenvalues are exactly ``r^-alpha``.
+
+    Keeps the left singular vectors (hence any cluster structure), replaces the singular
+    values. Returns float64 [F, d] with mean zero.
+    """
+    X = base - base.mean(0)
+    U, _, Vt = np.linalg.svd(X, full_matrices=False)
+    r = np.arange(1, Vt.shape[0] + 1)
+    lam = r.astype(float) ** -alpha
+    # cov = X^T X / (F - 1) has eigenvalues s^2 / (F - 1)
+    s = np.sqrt(lam * (X.shape[0] - 1))
+    return (U * s) @ Vt
+
+
+def _plant_crystals(rng, W, n_par, n_trap, ratio, noise):
+    """Overwrite rows of W so that planted faces exist; returns the faces table."""
+    F, d = W.shape
+    used = rng.permutation(F)
+    faces, pos = [], 0
+    scale = np.median(np.linalg.norm(W, axis=1))
+    for kind, n in (("parallelogram", n_par), ("trapezoid", n_trap)):
+        for _ in range(n):
+            a, b, c, d_ = used[pos:pos + 4]
+            pos += 4
+            # edge e of typical size, applied to b and to c
+            e = rng.normal(size=d)
+            e *= 0.6 * scale / np.linalg.norm(e)
+            r = 1.0 if kind == "parallelogram" else ratio
+            W[a] = W[b] + e + noise * scale * rng.normal(size=d) / np.sqrt(d)
+            W[c] = W[d_] + r * e + noise * scale * rng.normal(size=d) / np.sqrt(d)
+            faces.append((int(a), int(b), int(c), int(d_), kind, r))
+    return pd.DataFrame(faces, columns=["a", "b", "c", "d", "kind", "planted_ratio"]).astype(
+        {"a": "int32", "b": "int32", "c": "int32", "d": "int32"})
+
+
+def make_layer(rng: np.random.Generator, n_features: int, d_model: int, n_lobes: int, alpha: float,
+               n_blocks: int, block_size: int, n_parallelograms: int, n_trapezoids: int,
+               trapezoid_ratio: float = 2.0, separation: float = 3.0, p_in: float = 0.35,
+               p_out: float = 0.003, crystal_noise: float = 0.01, subsets: list[str] | None = None) -> dict:
+    """Arrays and tables of one synthetic layer (names as in docs/atlas.md)."""
+    subsets = subsets or SUBSETS[:n_lobes]
+    F, d = n_features, d_model
+    lobes = np.sort(rng.integers(0, n_lobes, size=F))
+    lobes = rng.permutation(lobes).astype(np.int16)
+    centres = rng.normal(size=(n_lobes, d)) * separation
+    base = centres[lobes] + rng.normal(size=(F, d))
+    W = power_law_directions(rng, base, alpha)
+    faces = _plant_crystals(rng, W, n_parallelograms, n_trapezoids, trapezoid_ratio, crystal_noise)
+    W = W.astype(np.float32)
+
+    # Co-occurrence: every block belongs to one subset (= one lobe's topic); features of
+    # that lobe are present with probability p_in * rate, all others with p_out * rate.
+    rate = np.clip(rng.lognormal(0.0, 0.5, size=F), 0.2, 3.0)
+    dead = rng.choice(F, size=max(1, F // 200), replace=False)
+    rate[dead] = 0.0
+    block_subset = rng.integers(0, len(subsets), size=n_blocks).astype(np.int16)
+    topic = block_subset % n_lobes
+    p = np.where(lobes[None, :] == topic[:, None], p_in, p_out) * rate[None, :]
+    present = rng.random((n_blocks, F)) < np.clip(p, 0, 1)
+    B = sp.csr_matrix(present, dtype=np.int64)
+    C = (B.T @ B).tocsr()
+    tokens_per_presence = 1 + rng.poisson(3.0, size=F)
+    block_count = np.asarray(B.sum(0)).ravel()
+    fire_count = (block_count * tokens_per_presence).astype(np.int64)
+    S = len(subsets)
+    subset_fire = np.zeros((F, S), np.int64)
+    for s in range(S):
+        subset_fire[:, s] = np.asarray(B[block_subset == s].sum(0)).ravel() * tokens_per_presence
+
+    edges = np.geomspace(0.1, 100.0, 33).astype(np.float32)
+    scale = rng.lognormal(0.5, 0.4, size=F)
+    centres_h = np.log10(np.clip(scale, 0.11, 99))
+    mids = np.log10(np.sqrt(edges[:-1] * edges[1:]))
+    w = np.exp(-0.5 * ((mids[None, :] - centres_h[:, None]) / 0.25) ** 2)
+    act_hist = np.floor(w / w.sum(1, keepdims=True) * fire_count[:, None]).astype(np.int64)
+
+    ctx_rows, tok_rows = [], []
+    lobe_vocab = [_VOCAB[subsets[i % S]] for i in range(n_lobes)]
+    for f in range(F):
+        vocab = lobe_vocab[lobes[f]]
+        own = vocab[f % len(vocab)]
+        for rank in range(3):
+            toks = [vocab[j] for j in rng.integers(0, len(vocab), 9)]
+            toks[4] = own
+            ctx_rows.append((f, rank, float(scale[f] * (3 - rank)), int(f * 3 + rank), subsets[lobes[f] % S], toks, 4))
+        for rank, tok in enumerate([own] + [vocab[(f + j) % len(vocab)] for j in (1, 2)]):
+            tok_rows.append((f, rank, tok, int(max(fire_count[f] >> rank, 0))))
+    contexts = pd.DataFrame(ctx_rows, columns=["feature", "rank", "value", "doc", "subset", "tokens", "peak"]).astype(
+        {"feature": "int32", "rank": "int16", "value": "float32", "doc": "int64", "peak": "int16"})
+    top_tokens = pd.DataFrame(tok_rows, columns=["feature", "rank", "token", "count"]).astype(
+        {"feature": "int32", "rank": "int16", "count": "int64"})
+    return {
+        "decoder.npy": W, "fire_count.npy": fire_count, "cooc.npz": C, "subset_fire.npy": subset_fire,
+        "blocks.npz": sp.csr_matrix(present), "block_subset.npy": block_subset,
+        "act_hist.npy": act_hist, "act_hist_edges.npy": edges,
+        "contexts.parquet": contexts, "top_tokens.parquet": top_tokens,
+        "planted_lobes.npy": lobes, "planted_crystals.parquet": faces,
+        "planted.json": {"alpha": alpha, "n_lobes": n_lobes, "dead": sorted(int(i) for i in dead),
+                         "trapezoid_ratio": trapezoid_ratio},
+        "_n_tokens": int(n_blocks * block_size), "_n_blocks": int(n_blocks), "_subsets": subsets,
+    }
+
+
+def make_synthetic_atlas(path: str | Path, n_features: int = 1200, d_model: int = 64,
+                         layers: tuple[int, ...] = (0, 1, 2), alphas: tuple[float, ...] | None = None,
+                         n_lobes: int = 4, n_blocks: int = 2000, block_size: int = 256,
+                         n_parallelograms: int = 6, n_trapezoids: int = 4, seed: int = 0,
+                         geometry: bool = True, geometry_config: dict | None = None,
+                         overwrite: bool = False) -> Path:
+    """Write a synthetic atlas to ``path`` and return it.
+
+    ``alphas`` gives the planted power-law exponent per layer (default: rising then
+    falling between 0.25 and 0.5, like the published middle-layer peak). With
+    ``geometry=True`` the geometry stage (analysis.stage) adds every derived file.
+    """
+    rng = np.random.default_rng(seed)
+    if alphas is None:
+        peak = (len(layers) - 1) / 2
+        alphas = tuple(0.5 - 0.25 * abs(i - peak) / max(peak, 1) for i in range(len(layers)))
+    if len(alphas) != len(layers):
+        raise ValueError("alphas needs one value per layer")
+    made = [make_layer(rng, n_features, d_model, n_lobes, a, n_blocks, block_size, n_parallelograms,
+                       n_trapezoids) for a in alphas]
+    subsets = made[0]["_subsets"]
+    manifest = Manifest(
+        title="synthetic atlas (planted structure)",
+        synthetic=True,
+        model=ModelInfo(name="synthetic", source="analysis.synthetic", d_model=d_model, n_layers=max(layers) + 1),
+        corpus=CorpusInfo(name="synthetic", subsets=subsets, n_documents=n_blocks, n_tokens=n_blocks * block_size,
+                          block_size=block_size, threshold=1.0),
+        layers=[LayerInfo(layer=L, hook=f"blocks.{L}.hook_resid_post",
+                          sae=SAEInfo(source="synthetic", width=n_features, d_in=d_model, architecture="synthetic"),
+                          n_tokens=m["_n_tokens"], n_blocks=m["_n_blocks"], threshold=1.0, computed=["stats"])
+                for L, m in zip(layers, made)],
+        configs={"synthetic": {"n_features": n_features, "d_model": d_model, "layers": list(layers),
+                               "alphas": list(alphas), "n_lobes": n_lobes, "n_blocks": n_blocks,
+                               "n_parallelograms": n_parallelograms, "n_trapezoids": n_trapezoids, "seed": seed}},
+        notes=["Synthetic atlas: directions, counts and contexts are generated with planted structure, "
+               "not measured on a model."],
+    )
+    with AtlasWriter(path, manifest, overwrite=overwrite) as w:
+        for L, m in zip(layers, made):
+            for name, value in m.items():
+                if name.startswith("_"):
+                    continue
+                rel = f"layers/{L}/{name}"
+                if name.endswith(".npy"):
+                    w.put_array(rel, value)
+                elif name.endswith(".npz"):
+                    w.put_sparse(rel, value)
+                elif name.endswith(".parquet"):
+                    w.put_table(rel, value)
+                else:
+                    w.put_json(rel, value)
+    if geometry:
+        from analysis import stage
+
+        stage.run_geometry(path, stage.GeometryConfig(**(geometry_config or {})))
+    return Path(path)
