@@ -7,7 +7,7 @@ Each layer of a synthetic atlas has
 * **crystals**: ``n_parallelograms`` exact-up-to-noise parallelograms ``a - b = c - d``
   and ``n_trapezoids`` faces with parallel edges of length ratio ``trapezoid_ratio``;
 * **a power-law spectrum**: the decoder's covariance eigenvalues are exactly
-  ``λ_r ∝ r^-alpha`` (before the few crystal rows are written), alpha chosen per layer.
+  ``λ_r ∝ r^-alpha``, alpha chosen per layer.
 
 The planted truth is stored beside the arrays (``planted_lobes.npy``,
 ``planted_crystals.parquet``, ``planted.json``) so tests can score what the analyses find.
@@ -82,9 +82,10 @@ def make_layer(rng: np.random.Generator, n_features: int, d_model: int, n_lobes:
     lobes = rng.permutation(lobes).astype(np.int16)
     centres = rng.normal(size=(n_lobes, d)) * separation
     base = centres[lobes] + rng.normal(size=(F, d))
-    W = power_law_directions(rng, base, alpha)
-    faces = _plant_crystals(rng, W, n_parallelograms, n_trapezoids, trapezoid_ratio, crystal_noise)
-    W = W.astype(np.float32)
+    # Faces are planted before re-colouring: the re-colouring is a linear map, which keeps
+    # parallelograms parallelograms and trapezoids' edge ratios, and leaves the spectrum exact.
+    faces = _plant_crystals(rng, base, n_parallelograms, n_trapezoids, trapezoid_ratio, crystal_noise)
+    W = power_law_directions(rng, base, alpha).astype(np.float32)
 
     # Co-occurrence: every block belongs to one subset (= one lobe's topic); features of
     # that lobe are present with probability p_in * rate, all others with p_out * rate.

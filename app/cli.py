@@ -1,0 +1,176 @@
+"""The ``saegeo`` command line.
+
+Heavy modules are imported inside each command so that ``saegeo --help`` is instant and
+``saegeo serve`` never imports torch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="saegeo",
+    help="Explore the geometry of sparse-autoencoder features: precompute an atlas, then browse it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEFAULT_HOME = Path(os.environ.get("SAEGEO_HOME", "atlases"))
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def validate(path: Annotated[Path, typer.Argument(help="Atlas directory to check.")],
+             quick: Annotated[bool, typer.Option(help="Check sizes, shapes and dtypes but skip checksums.")] = False):
+    """Check an atlas: every file present, complete, of the right shape and checksum."""
+    from analysis.atlas import validate as check
+
+    problems = check(path, verify="size" if quick else "checksum")
+    if problems:
+        for p in problems:
+            typer.echo(p, err=True)
+        _fail(f"{len(problems)} problem(s) in {path}")
+    typer.echo(f"OK {path}")
+
+
+@app.command()
+def synthetic(out: Annotated[Path, typer.Argument(help="Directory to write the atlas to (must not exist).")],
+              features: Annotated[int, typer.Option(min=50, help="Features per layer.")] = 1200,
+              d_model: Annotated[int, typer.Option(min=8, help="Width of the directions.")] = 64,
+              layers: Annotated[int, typer.Option(min=1, max=64, help="Number of layers.")] = 3,
+              seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+              force: Annotated[bool, typer.Option(help="Replace an existing atlas at OUT.")] = False):
+    """Write an atlas with planted lobes, crystals and power-law spectra (no model needed)."""
+    from analysis.synthetic import make_synthetic_atlas
+
+    if out.exists() and not force:
+        _fail(f"{out} already exists; pass --force to replace it or choose another path")
+    make_synthetic_atlas(out, n_features=features, d_model=d_model, layers=tuple(range(layers)), seed=seed,
+                         overwrite=force)
+    typer.echo(f"wrote synthetic atlas {out}")
+
+
+def _ensure_synthetic(home: Path) -> Path:
+    from analysis.atlas import validate as check
+    from analysis.synthetic import make_synthetic_atlas
+
+    path = home / "synthetic"
+    if check(path, verify="size"):
+        typer.echo(f"building synthetic atlas in {path} ...")
+        make_synthetic_atlas(path, overwrite=True)
+    return path
+
+
+@app.command()
+def serve(atlas_dir: Annotated[Path, typer.Option(help="Folder of atlases (or one atlas) to serve, read-only.")] = DEFAULT_HOME,
+          host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8050,
+          synthetic: Annotated[bool, typer.Option("--synthetic", help="Serve a synthetic atlas (built on first use).")] = False):
+    """Serve the explorer and the JSON API."""
+    from app.server import serve as run
+
+    if synthetic:
+        atlas_dir.mkdir(parents=True, exist_ok=True)
+        _ensure_synthetic(atlas_dir)
+    if not atlas_dir.exists():
+        _fail(f"atlas folder {atlas_dir} does not exist; build one with `saegeo precompute` or try `saegeo serve --synthetic`")
+    typer.echo(f"saegeo explorer: http://{host}:{port}/  (atlases from {atlas_dir.resolve()})")
+    run(atlas_dir, host=host, port=port)
+
+
+@app.command()
+def precompute(
+    model: Annotated[str, typer.Option(help="Hugging Face model name or local folder; 'smollm2' = the embedded default.")] = "smollm2",
+    sae: Annotated[Optional[list[str]], typer.Option(help="sae-lens 'release/sae_id' or a local SAE folder; repeat per layer. None: train SAEs here.")] = None,
+    corpus: Annotated[str, typer.Option(help="'default' (embedded), a .txt/.jsonl/.parquet file or folder, or 'hf:NAME'.")] = "default",
+    layers: Annotated[Optional[str], typer.Option(help="Comma-separated layer indices, e.g. 3,10,17.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(min=1, help="Token budget for the statistics.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Atlas directory to write.")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="Preset: 'tiny' (tests, ~1 min) or 'demo' (first run, <10 min on 2 cores).")] = None,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda'.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")] = False,
+):
+    """Run a model and its SAEs over a corpus and write an atlas (statistics + geometry)."""
+    try:
+        from precompute.pipeline import PrecomputeConfig, PrecomputeError, run_precompute
+    except ImportError as e:
+        _fail(f"the precompute extra is not installed ({e}); run `pip install 'saegeo[precompute]'`")
+    if profile not in (None, "tiny", "demo"):
+        _fail(f"unknown profile {profile!r}; choose 'tiny' or 'demo'")
+    fields = {"model": model, "corpus": corpus, "device": device, "resume": resume, "profile": profile}
+    if sae:
+        fields["saes"] = sae
+    if layers:
+        try:
+            fields["layers"] = [int(x) for x in layers.split(",") if x.strip()]
+        except ValueError:
+            _fail(f"--layers must be comma-separated integers, got {layers!r}")
+    if max_tokens:
+        fields["max_tokens"] = max_tokens
+    fields["out"] = out or DEFAULT_HOME / (profile or "atlas")
+    try:
+        cfg = PrecomputeConfig(**fields)
+        path = run_precompute(cfg)
+    except PrecomputeError as e:
+        _fail(str(e))
+    typer.echo(f"wrote atlas {path}")
+
+
+@app.command()
+def report(atlas: Annotated[Path, typer.Argument(help="Atlas directory.")],
+           as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
+           figures: Annotated[Optional[Path], typer.Option(help="Write PNG figures into this folder.")] = None):
+    """Print the published-style tables of an atlas (lobes, crystals, galaxy) and write figures."""
+    from analysis.atlas import AtlasError, open_atlas
+    from analysis.report import build_report, format_report, write_figures
+
+    try:
+        opened = open_atlas(atlas)
+    except AtlasError as e:
+        _fail(str(e))
+    rep = build_report(opened)
+    typer.echo(json.dumps(rep, indent=1, default=str) if as_json else format_report(rep))
+    if figures:
+        for f in write_figures(opened, figures):
+            typer.echo(f"wrote {f}", err=True)
+
+
+@app.command()
+def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")] = DEFAULT_HOME,
+         host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+         port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8050):
+    """Build the default atlas of the embedded SmolLM2 on first run, then serve the explorer."""
+    from analysis.atlas import validate as check
+
+    target = atlas_dir / "demo"
+    if check(target, verify="size"):
+        try:
+            from precompute.pipeline import PrecomputeConfig, PrecomputeError, run_precompute
+        except ImportError as e:
+            typer.echo(f"precompute unavailable ({e}); serving a synthetic atlas instead", err=True)
+            _ensure_synthetic(atlas_dir)
+        else:
+            typer.echo(f"building the demo atlas of the embedded SmolLM2 in {target} (first run only) ...")
+            try:
+                run_precompute(PrecomputeConfig(profile="demo", out=target, resume=True))
+            except PrecomputeError as e:
+                _fail(str(e))
+    serve(atlas_dir=atlas_dir, host=host, port=port, synthetic=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
