@@ -1,0 +1,526 @@
+"""Per-layer SAE feature statistics for the atlas (METHODS section 1), accumulated batch by batch.
+
+Usage (one object per layer)::
+
+    stats = LayerStats(n_features=F, subsets=["github", "wiki"], vocab=id_to_str)
+    for batch in batches:
+        stats.update(acts, token_ids, doc_ids, subset_ids, lengths)
+        if time_to_checkpoint:
+            stats.save("ckpt/layer12.pt")           # or torch.save(stats.state_dict(), ...)
+    ...
+    stats = LayerStats(same arguments); stats.load("ckpt/layer12.pt")  # resume
+    result = stats.finalize()
+    for name, obj in result.files().items():        # "fire_count.npy" -> np.ndarray, ...
+        write name with the atlas store
+    layer_info(n_tokens=result.n_tokens, n_blocks=result.n_blocks, threshold=result.threshold)
+
+Inputs of ``update`` (one call per batch of documents, all torch tensors on one device):
+
+* ``acts`` [N, T, F]: SAE feature activations **with the BOS position already dropped** by the
+  caller: ``acts[:, 0]`` is the first real token of each document. Any float dtype.
+* ``token_ids`` [N, T]: the token ids at the same positions (BOS dropped too).
+* ``doc_ids`` [N] int: corpus-wide document ids (stored with the top contexts).
+* ``subset_ids`` [N] int: index of each document's corpus subset in ``subsets``.
+* ``lengths`` [N] int or None: number of valid (non-padding) positions per document, BOS
+  excluded; documents are right-padded. None = all T positions are valid.
+
+Rules (METHODS 1, published defaults):
+
+* A feature fires on a token when its activation is ``> threshold`` (1.0; pass 0.0 for TopK
+  SAEs, meaning "selected and > 0"). ``fire_count``, ``subset_fire``, ``act_hist`` and
+  ``top_tokens`` count every valid token; ``n_tokens`` is the number of valid tokens.
+* Each document is cut into non-overlapping blocks of ``block_size`` (256) tokens starting at
+  position 0 (right after BOS); only full blocks count, the trailing partial block is dropped.
+  A feature is present in a block when it fires on any of its tokens. ``C = B^T B`` over the
+  block-by-feature 0/1 matrix ``B``; ``C[i, i]`` = blocks where i is present, ``n_blocks`` = T.
+
+How C is accumulated: block presence rows are buffered and multiplied ``cooc_chunk_blocks`` at
+a time (never one block at a time).
+
+* Dense path (``F <= dense_max_features``): ``R.addmm_(B.T, B)`` in float32 on the device of
+  the activations. 0/1 inputs and integer partial sums below 2**24 are exact in float32 (also
+  under TF32, whose inputs 0/1 are exact), so ``R`` is folded into an int64 accumulator before
+  it could reach 2**24 blocks. Memory: 4 F^2 bytes (1 GiB at F = 16384).
+* Sparse path (wider SAEs): each chunk's ``B`` becomes a scipy CSR matrix on the CPU and
+  ``B^T B`` (exact integer sparse product) is added to an int64 CSR accumulator. Memory grows
+  with the number of co-occurring pairs. With ``cooc_topk=k`` ``finalize`` keeps, per row, the
+  diagonal and the k largest off-diagonal counts (ties: lower column), symmetrised by union, so
+  the stored matrix stays symmetric with exact counts for every kept pair.
+
+Other outputs:
+
+* ``act_hist`` [F, H]: counts of firing activations on common log-spaced edges fixed before
+  any data is seen (``np.geomspace(lo, hi, H + 1)``, float32; default lo = threshold, or 1e-3
+  when the threshold is 0, hi = 1e3, H = 64), so histograms of shards, checkpoints and layers
+  add up exactly. The first and last bins are open-ended: values below ``lo`` count in bin 0,
+  values at or above the last inner edge in bin H - 1.
+* Top contexts: per feature, the ``top_k_contexts`` documents with the highest peak
+  activation (one context per document: its maximum, first position on ties), each with a
+  window of ``context_left`` tokens before and ``context_right`` after the peak, clipped at
+  the document ends (BOS is never shown). Ties between documents keep the earlier-fed one.
+* Top tokens: exact (feature, token id) firing counts in a sorted sparse accumulator (no
+  F x vocab array). If it exceeds ``max_token_pairs`` pairs it is pruned to the
+  ``token_prune_keep`` most frequent tokens per feature, after which counts of rare pairs are
+  lower bounds (``LayerStatsResult.top_tokens_exact`` says whether that happened).
+* Stored blocks: presence rows of the first ``max_stored_blocks`` blocks in feeding order.
+
+``state_dict()``/``load_state_dict()`` (and ``save``/``load``) capture the complete state;
+resuming and feeding the remaining batches gives results identical to an uninterrupted run.
+Everything runs on the device of ``acts`` (CUDA or CPU, same code).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+# float32 represents every integer up to 2**24 exactly; the dense accumulator is folded into
+# int64 before any entry could pass it.
+_F32_EXACT = 2 ** 24
+
+
+@dataclass
+class LayerStatsResult:
+    """Finished statistics of one layer; field names are the atlas file stems (docs/atlas.md)."""
+
+    fire_count: np.ndarray        # int64 [F]
+    cooc: sp.csr_matrix           # int64 [F, F], symmetric, diagonal = block counts
+    subset_fire: np.ndarray       # int64 [F, S]
+    blocks: sp.csr_matrix         # bool [B, F]
+    block_subset: np.ndarray      # int16 [B]
+    act_hist: np.ndarray          # int64 [F, H]
+    act_hist_edges: np.ndarray    # float32 [H + 1]
+    contexts: pd.DataFrame        # feature, rank, value, doc, subset, tokens, peak
+    top_tokens: pd.DataFrame      # feature, rank, token, count
+    n_tokens: int
+    n_blocks: int
+    threshold: float
+    block_size: int
+    top_tokens_exact: bool
+
+    def files(self) -> dict:
+        """{atlas file name: object} for the atlas store (the decoder is added by the pipeline)."""
+        return {
+            "fire_count.npy": self.fire_count,
+            "cooc.npz": self.cooc,
+            "subset_fire.npy": self.subset_fire,
+            "blocks.npz": self.blocks,
+            "block_subset.npy": self.block_subset,
+            "act_hist.npy": self.act_hist,
+            "act_hist_edges.npy": self.act_hist_edges,
+            "contexts.parquet": self.contexts,
+            "top_tokens.parquet": self.top_tokens,
+        }
+
+
+def hist_edges(threshold: float = 1.0, bins: int = 64, hist_range=None) -> np.ndarray:
+    """Common log-spaced activation-histogram edges, float32 [bins + 1].
+
+    ``hist_range=(lo, hi)``; default lo = threshold (1e-3 if threshold <= 0), hi = 1e3.
+    """
+    if hist_range is None:
+        lo = threshold if threshold > 0 else 1e-3
+        hist_range = (lo, max(1e3, 10 * lo))
+    lo, hi = hist_range
+    if not 0 < lo < hi:
+        raise ValueError(f"hist_range must satisfy 0 < lo < hi, got {hist_range}")
+    return np.geomspace(lo, hi, bins + 1).astype(np.float32)
+
+
+class LayerStats:
+    """Streaming accumulator of one layer's firing, co-occurrence, histogram and context stats.
+
+    Parameters
+    ----------
+    n_features : SAE width F.
+    subsets : corpus subset names (``manifest.corpus.subsets``, order matters).
+    vocab : token id -> display string (e.g. ``tokenizer.convert_ids_to_tokens(range(V))``).
+    threshold : firing threshold, fires when activation > threshold (published 1.0).
+    block_size : tokens per co-occurrence block (published 256).
+    max_stored_blocks : presence rows kept for ``blocks.npz`` (the first ones fed).
+    hist_bins, hist_range : activation histogram (see ``hist_edges``).
+    top_k_contexts, context_left, context_right : top-activating contexts per feature.
+    top_k_tokens : tokens kept per feature in ``top_tokens``.
+    dense_max_features : widest SAE accumulated as a dense F x F matrix on the device.
+    cooc_chunk_blocks : blocks buffered per co-occurrence matrix product.
+    cooc_topk : sparse path only; keep the top-k partners per row at finalize (None = all).
+    max_token_pairs, token_prune_keep : memory bound of the (feature, token) counter.
+    device : where the state lives until the first ``update`` (then: the device of ``acts``).
+    """
+
+    def __init__(self, n_features: int, subsets, vocab, *, threshold: float = 1.0,
+                 block_size: int = 256, max_stored_blocks: int = 20_000, hist_bins: int = 64,
+                 hist_range=None, top_k_contexts: int = 10, context_left: int = 8,
+                 context_right: int = 4, top_k_tokens: int = 10,
+                 dense_max_features: int = 16_384, cooc_chunk_blocks: int = 2048,
+                 cooc_topk: int | None = None, max_token_pairs: int = 2 ** 25,
+                 token_prune_keep: int = 64, device="cpu"):
+        self.F = int(n_features)
+        self.subsets = [str(s) for s in subsets]
+        self.vocab = vocab
+        self.threshold = float(threshold)
+        self.block_size = int(block_size)
+        self.max_stored_blocks = int(max_stored_blocks)
+        self.edges = hist_edges(self.threshold, hist_bins, hist_range)
+        self.k_ctx = int(top_k_contexts)
+        self.left, self.right = int(context_left), int(context_right)
+        self.k_tok = int(top_k_tokens)
+        self.dense = self.F <= dense_max_features
+        self.cooc_chunk_blocks = int(cooc_chunk_blocks)
+        self.cooc_topk = cooc_topk
+        self.max_token_pairs = int(max_token_pairs)
+        self.token_prune_keep = int(token_prune_keep)
+        self.device = torch.device(device)
+        self._init_state()
+
+    # ------------------------------------------------------------------ state
+    def _config(self) -> dict:
+        return dict(F=self.F, subsets=self.subsets, V=len(self.vocab), threshold=self.threshold,
+                    block_size=self.block_size, max_stored_blocks=self.max_stored_blocks,
+                    edges=self.edges.tolist(), k_ctx=self.k_ctx, left=self.left,
+                    right=self.right, dense=self.dense, max_token_pairs=self.max_token_pairs,
+                    token_prune_keep=self.token_prune_keep,
+                    tok_merge_min=self._tok_merge_min)
+
+    def _init_state(self):
+        F, S, H, k, W = self.F, len(self.subsets), len(self.edges) - 1, self.k_ctx, self._W
+        dev, i64 = self.device, torch.int64
+        self.n_tokens = 0
+        self.n_blocks = 0
+        self.fire_count = torch.zeros(F, dtype=i64, device=dev)
+        self.subset_fire = torch.zeros(S * F, dtype=i64, device=dev)
+        self.hist = torch.zeros(F * H, dtype=i64, device=dev)
+        self.ctx_val = torch.full((F, k), -torch.inf, device=dev)
+        self.ctx_doc = torch.full((F, k), -1, dtype=i64, device=dev)
+        self.ctx_sub = torch.full((F, k), -1, dtype=i64, device=dev)
+        self.ctx_win = torch.full((F, k, W), -1, dtype=i64, device=dev)
+        self.tok_keys = torch.zeros(0, dtype=i64, device=dev)     # sorted f * V + token
+        self.tok_counts = torch.zeros(0, dtype=i64, device=dev)
+        self.tok_pending: list = []                               # [(keys, counts)] unmerged
+        self.tok_pruned = False
+        self.buf_rows: list = []                                  # buffered block presence
+        self.buf_cols: list = []
+        self.buf_blocks = 0
+        self.cooc_f32 = None         # dense: float32 [F, F] partial sums (exact below 2**24)
+        self.cooc_i64 = None         # dense: int64 [F, F] folded sums (rarely needed)
+        self.since_fold = 0
+        self.cooc_csr = sp.csr_matrix((F, F), dtype=np.int64)     # sparse path
+        self.stored_rows: list = []  # numpy chunks (block row, feature) of stored blocks
+        self.stored_cols: list = []
+        self.stored_sub: list = []
+        self.n_stored = 0
+
+    @property
+    def _W(self):
+        return self.left + 1 + self.right
+
+    _tok_merge_min = 1 << 20     # pending (feature, token) pairs that trigger a merge
+
+    _TENSORS = ("fire_count", "subset_fire", "hist", "ctx_val", "ctx_doc", "ctx_sub", "ctx_win",
+                "tok_keys", "tok_counts", "cooc_f32", "cooc_i64")
+
+    def _to(self, device):
+        """Move the device-side state (buffers included) to ``device``."""
+        device = torch.device(device)
+        if device == self.device:
+            return
+        for name in self._TENSORS:
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.to(device))
+        self.tok_pending = [(a.to(device), b.to(device)) for a, b in self.tok_pending]
+        self.buf_rows = [r.to(device) for r in self.buf_rows]
+        self.buf_cols = [c.to(device) for c in self.buf_cols]
+        self.device = device
+
+    def state_dict(self) -> dict:
+        """Complete state as CPU tensors and plain Python values (``torch.save``-able)."""
+        self._flush_cooc()   # exact, so flushing here cannot change the final result
+        pk, pc = self._pending_tokens()
+        cpu = lambda t: None if t is None else t.detach().cpu().clone()  # noqa: E731
+        csr = self.cooc_csr
+        state = {name: cpu(getattr(self, name)) for name in self._TENSORS}
+        state.update(
+            config=self._config(), n_tokens=self.n_tokens, n_blocks=self.n_blocks,
+            tok_pending_keys=cpu(pk), tok_pending_counts=cpu(pc), tok_pruned=self.tok_pruned,
+            since_fold=self.since_fold, n_stored=self.n_stored,
+            cooc_indptr=torch.from_numpy(csr.indptr.astype(np.int64)),
+            cooc_indices=torch.from_numpy(csr.indices.astype(np.int64)),
+            cooc_data=torch.from_numpy(csr.data.astype(np.int64)),
+            stored_rows=torch.from_numpy(_cat(self.stored_rows, np.int64)),
+            stored_cols=torch.from_numpy(_cat(self.stored_cols, np.int64)),
+            stored_sub=torch.from_numpy(_cat(self.stored_sub, np.int64)),
+        )
+        return state
+
+    def load_state_dict(self, state: dict):
+        """Restore a ``state_dict()`` taken from a LayerStats built with the same arguments."""
+        if state["config"] != self._config():
+            diff = sorted(k for k in self._config() if state["config"].get(k) != self._config()[k])
+            raise ValueError(f"checkpoint was made with different settings: {diff}")
+        dev = self.device
+        for name in self._TENSORS:
+            t = state[name]
+            setattr(self, name, None if t is None else t.to(dev))
+        self.n_tokens, self.n_blocks = int(state["n_tokens"]), int(state["n_blocks"])
+        pk, pc = state["tok_pending_keys"], state["tok_pending_counts"]
+        self.tok_pending = [(pk.to(dev), pc.to(dev))] if len(pk) else []
+        self.tok_pruned = bool(state["tok_pruned"])
+        self.buf_rows, self.buf_cols, self.buf_blocks = [], [], 0
+        self.since_fold = int(state["since_fold"])
+        self.cooc_csr = sp.csr_matrix(
+            (state["cooc_data"].numpy(), state["cooc_indices"].numpy(),
+             state["cooc_indptr"].numpy()), shape=(self.F, self.F))
+        self.stored_rows = [state["stored_rows"].numpy()]
+        self.stored_cols = [state["stored_cols"].numpy()]
+        self.stored_sub = [state["stored_sub"].numpy()]
+        self.n_stored = int(state["n_stored"])
+
+    def save(self, path):
+        """Write the state to ``path`` (torch.save of ``state_dict()``)."""
+        torch.save(self.state_dict(), path)
+
+    def load(self, path):
+        """Load a state written by ``save`` into this (identically configured) object."""
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    # ----------------------------------------------------------------- update
+    @torch.no_grad()
+    def update(self, acts: torch.Tensor, token_ids, doc_ids, subset_ids, lengths=None):
+        """Add one batch of documents (see the module docstring for the inputs)."""
+        N, T, F = acts.shape
+        if F != self.F:
+            raise ValueError(f"acts has {F} features, expected {self.F}")
+        self._to(acts.device)
+        dev, i64 = acts.device, torch.int64
+        token_ids = torch.as_tensor(token_ids, device=dev).to(i64).reshape(N, T)
+        doc_ids = torch.as_tensor(doc_ids, device=dev).to(i64).reshape(N)
+        subset_ids = torch.as_tensor(subset_ids, device=dev).to(i64).reshape(N)
+        if lengths is None:
+            lengths = torch.full((N,), T, dtype=i64, device=dev)
+        lengths = torch.as_tensor(lengths, device=dev).to(i64).reshape(N).clamp(0, T)
+
+        # Firings as (doc, position, feature) triples: the only full pass over acts; all
+        # statistics below work on these sparse triples.
+        n, t, f = (acts > self.threshold).nonzero(as_tuple=True)
+        keep = t < lengths[n]                      # drop padding
+        n, t, f = n[keep], t[keep], f[keep]
+        v = acts[n, t, f].float()
+        s = subset_ids[n]
+
+        self.n_tokens += int(lengths.sum())
+        self.fire_count += torch.bincount(f, minlength=F)
+        self.subset_fire += torch.bincount(s * F + f, minlength=self.subset_fire.numel())
+        H = len(self.edges) - 1
+        inner = torch.as_tensor(self.edges[1:-1], device=dev)
+        b = torch.bucketize(v, inner, right=True)  # bin i: edges[i] <= v < edges[i+1]
+        self.hist += torch.bincount(f * H + b, minlength=F * H)
+
+        self._update_tokens(f * len(self.vocab) + token_ids[n, t])
+        self._update_contexts(n, t, f, v, N, T, token_ids, doc_ids, subset_ids, lengths)
+        self._update_blocks(n, t, f, subset_ids, lengths)
+
+    def _update_blocks(self, n, t, f, subset_ids, lengths):
+        F, bs = self.F, self.block_size
+        nfull = lengths // bs                                   # full blocks per document
+        first = torch.cumsum(nfull, 0) - nfull                 # first block row per document
+        inb = t < nfull[n] * bs                                 # trailing partial block dropped
+        row = first[n[inb]] + t[inb] // bs
+        key = torch.unique(row * F + f[inb])                    # presence, sorted (row, feature)
+        rows, cols = key // F, key % F
+        nb = int(nfull.sum())
+        if self.n_stored < self.max_stored_blocks and nb:
+            take = min(nb, self.max_stored_blocks - self.n_stored)
+            sel = rows < take
+            self.stored_rows.append((rows[sel] + self.n_stored).cpu().numpy())
+            self.stored_cols.append(cols[sel].cpu().numpy())
+            self.stored_sub.append(torch.repeat_interleave(subset_ids, nfull)[:take].cpu().numpy())
+            self.n_stored += take
+        self.n_blocks += nb
+        self.buf_rows.append(rows + self.buf_blocks)
+        self.buf_cols.append(cols)
+        self.buf_blocks += nb
+        if self.buf_blocks >= self.cooc_chunk_blocks:
+            self._flush_cooc()
+
+    def _flush_cooc(self):
+        """Add the buffered blocks' B^T B to the co-occurrence accumulator."""
+        nb = self.buf_blocks
+        if nb == 0:
+            return
+        rows, cols = torch.cat(self.buf_rows), torch.cat(self.buf_cols)
+        self.buf_rows, self.buf_cols, self.buf_blocks = [], [], 0
+        if self.dense:
+            if self.cooc_f32 is None:
+                self.cooc_f32 = torch.zeros(self.F, self.F, device=self.device)
+            if self.since_fold + nb >= _F32_EXACT:
+                self._fold()
+            B = torch.zeros(nb, self.F, device=self.device)
+            B[rows, cols] = 1.0
+            self.cooc_f32.addmm_(B.T, B)
+            self.since_fold += nb
+        else:
+            B = sp.csr_matrix((np.ones(len(rows), np.int32), (rows.cpu().numpy(), cols.cpu().numpy())),
+                              shape=(nb, self.F))
+            self.cooc_csr = (self.cooc_csr + (B.T @ B).astype(np.int64)).tocsr()
+
+    def _fold(self):
+        if self.cooc_i64 is None:
+            self.cooc_i64 = torch.zeros(self.F, self.F, dtype=torch.int64, device=self.device)
+        self.cooc_i64 += self.cooc_f32.to(torch.int64)
+        self.cooc_f32.zero_()
+        self.since_fold = 0
+
+    def _update_contexts(self, n, t, f, v, N, T, token_ids, doc_ids, subset_ids, lengths):
+        F, k, dev = self.F, self.k_ctx, self.device
+        # Per (document, feature): peak value and its first position.
+        key = n * F + f
+        peak = torch.full((N * F,), -torch.inf, device=dev)
+        peak.scatter_reduce_(0, key, v, "amax")
+        at = v == peak[key]
+        pos = torch.full((N * F,), T, dtype=torch.int64, device=dev)
+        pos.scatter_reduce_(0, key[at], t[at], "amin")
+        # Merge with the running top-k; stable sort keeps earlier documents first on ties.
+        cand = torch.cat([self.ctx_val, peak.view(N, F).T], dim=1)          # [F, k + N]
+        order = torch.sort(cand, dim=1, descending=True, stable=True).indices[:, :k]
+        new = order >= k
+        old_i = order.clamp(max=k - 1)
+        j = (order - k).clamp(min=0)                                        # batch document
+        self.ctx_val = cand.gather(1, order)
+        self.ctx_doc = torch.where(new, doc_ids[j], self.ctx_doc.gather(1, old_i))
+        self.ctx_sub = torch.where(new, subset_ids[j], self.ctx_sub.gather(1, old_i))
+        feat = torch.arange(F, device=dev)[:, None]
+        p = pos.view(N, F)[j, feat]                                         # [F, k]
+        wp = p[..., None] + torch.arange(-self.left, self.right + 1, device=dev)
+        ok = (wp >= 0) & (wp < lengths[j][..., None])
+        win = torch.where(ok, token_ids[j[..., None], wp.clamp(0, T - 1)], -1)
+        old_win = self.ctx_win.gather(1, old_i[..., None].expand(-1, -1, self._W))
+        self.ctx_win = torch.where(new[..., None], win, old_win)
+
+    def _update_tokens(self, keys):
+        u, c = torch.unique(keys, return_counts=True)
+        self.tok_pending.append((u, c))
+        # Merge when the pending pairs outgrow the merged ones: amortised O(log) re-sorting.
+        if sum(len(p[0]) for p in self.tok_pending) > max(len(self.tok_keys), self._tok_merge_min):
+            self.tok_keys, self.tok_counts = self._pending_tokens(merged=True)
+            self.tok_pending = []
+            if len(self.tok_keys) > self.max_token_pairs:
+                self._prune_tokens()
+
+    def _pending_tokens(self, merged=False):
+        """Pending (keys, counts), summed over chunks; with merged=True also the running ones."""
+        parts = self.tok_pending + ([(self.tok_keys, self.tok_counts)] if merged else [])
+        if not parts:
+            return self.tok_keys[:0], self.tok_counts[:0]
+        keys = torch.cat([p[0] for p in parts])
+        counts = torch.cat([p[1] for p in parts])
+        u, inv = torch.unique(keys, return_inverse=True)
+        return u, torch.zeros_like(u).scatter_add_(0, inv, counts)
+
+    def _prune_tokens(self):
+        V = len(self.vocab)
+        rank = _rank_within(self.tok_keys // V, -self.tok_counts, self.tok_keys % V)
+        keep = rank < self.token_prune_keep
+        self.tok_keys, self.tok_counts = self.tok_keys[keep], self.tok_counts[keep]
+        self.tok_pruned = True
+
+    # --------------------------------------------------------------- finalize
+    @torch.no_grad()
+    def finalize(self) -> LayerStatsResult:
+        """Everything as numpy / scipy / pandas objects named like the atlas files."""
+        F, S, H, V = self.F, len(self.subsets), len(self.edges) - 1, len(self.vocab)
+        self._flush_cooc()
+        if self.dense:
+            total = torch.zeros(F, F, dtype=torch.int64, device=self.device)
+            if self.cooc_f32 is not None:
+                total += self.cooc_f32.to(torch.int64)
+            if self.cooc_i64 is not None:
+                total += self.cooc_i64
+            cooc = sp.csr_matrix(total.cpu().numpy())
+            del total
+        else:
+            cooc = self.cooc_csr.copy()
+            if self.cooc_topk is not None:
+                cooc = _topk_symmetric(cooc, self.cooc_topk)
+        cooc.sort_indices()
+
+        rows = _cat(self.stored_rows, np.int64)
+        blocks = sp.csr_matrix((np.ones(len(rows), bool), (rows, _cat(self.stored_cols, np.int64))),
+                               shape=(self.n_stored, F), dtype=bool)
+        blocks.sort_indices()
+
+        return LayerStatsResult(
+            fire_count=self.fire_count.cpu().numpy(),
+            cooc=cooc,
+            subset_fire=self.subset_fire.view(S, F).T.cpu().numpy().copy(),
+            blocks=blocks,
+            block_subset=_cat(self.stored_sub, np.int64).astype(np.int16),
+            act_hist=self.hist.view(F, H).cpu().numpy(),
+            act_hist_edges=self.edges.copy(),
+            contexts=self._contexts_table(),
+            top_tokens=self._top_tokens_table(*self._pending_tokens(merged=True), V),
+            n_tokens=self.n_tokens, n_blocks=self.n_blocks, threshold=self.threshold,
+            block_size=self.block_size, top_tokens_exact=not self.tok_pruned)
+
+    def _contexts_table(self) -> pd.DataFrame:
+        val = self.ctx_val.cpu().numpy()
+        feat, rank = np.nonzero(val > -np.inf)                # rows sorted by feature, rank
+        win = self.ctx_win.cpu().numpy()[feat, rank]          # [n, W], -1 = outside document
+        vocab, subsets = self.vocab, self.subsets
+        tokens = [[vocab[i] for i in w[w >= 0]] for w in win]
+        peak = (win[:, :self.left] >= 0).sum(1)               # window clipped at document start
+        return pd.DataFrame({
+            "feature": feat.astype(np.int32), "rank": rank.astype(np.int16),
+            "value": val[feat, rank].astype(np.float32),
+            "doc": self.ctx_doc.cpu().numpy()[feat, rank].astype(np.int64),
+            "subset": [subsets[i] for i in self.ctx_sub.cpu().numpy()[feat, rank]],
+            "tokens": tokens, "peak": peak.astype(np.int16)})
+
+    def _top_tokens_table(self, keys, counts, V) -> pd.DataFrame:
+        feat, tok = keys // V, keys % V
+        rank = _rank_within(feat, -counts, tok)
+        keep = rank < self.k_tok
+        feat, tok, rank, counts = (x[keep].cpu().numpy() for x in (feat, tok, rank, counts))
+        order = np.lexsort((rank, feat))
+        feat, tok, rank, counts = feat[order], tok[order], rank[order], counts[order]
+        return pd.DataFrame({"feature": feat.astype(np.int32), "rank": rank.astype(np.int16),
+                             "token": [self.vocab[i] for i in tok],
+                             "count": counts.astype(np.int64)})
+
+
+def _rank_within(group: torch.Tensor, *sort_keys: torch.Tensor) -> torch.Tensor:
+    """Rank of each element inside its group, ordered by ``sort_keys`` (first = primary)."""
+    order = torch.arange(len(group), device=group.device)
+    for key in reversed((group,) + sort_keys):                # least significant key first
+        order = order[torch.sort(key[order], stable=True).indices]
+    g = group[order]
+    start = torch.ones_like(g, dtype=torch.bool)
+    start[1:] = g[1:] != g[:-1]
+    idx = torch.arange(len(g), device=g.device)
+    first = torch.cummax(torch.where(start, idx, 0), 0).values
+    rank = torch.empty_like(order)
+    rank[order] = idx - first
+    return rank
+
+
+def _topk_symmetric(C: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Keep the diagonal and each row's k largest off-diagonal entries, symmetrised by union."""
+    coo = C.tocoo()
+    off = coo.row != coo.col
+    r, c, d = coo.row[off], coo.col[off], coo.data[off]
+    order = np.lexsort((c, -d, r))                            # per row: count desc, column asc
+    r, c, d = r[order], c[order], d[order]
+    start = np.searchsorted(r, r, side="left")
+    sel = np.arange(len(r)) - start < k
+    keep = sp.csr_matrix((np.ones(sel.sum(), np.int8), (r[sel], c[sel])), shape=C.shape)
+    keep = (keep + keep.T + sp.identity(C.shape[0], dtype=np.int8, format="csr")) > 0
+    out = C.multiply(keep).tocsr().astype(np.int64)
+    out.eliminate_zeros()
+    return out
+
+
+def _cat(chunks, dtype) -> np.ndarray:
+    return np.concatenate(chunks).astype(dtype) if chunks else np.zeros(0, dtype)
