@@ -1,0 +1,306 @@
+"""Read-only, cached access to a directory of atlases, shared by the JSON API and the explorer.
+
+``AtlasStore(root)`` serves the atlases that ``analysis.atlas.list_atlases(root)`` finds and
+nothing else: a name is looked up among those directories (never joined onto a path), so a
+request can never reach a file outside ``root``. Every layer-level answer is a plain
+function of the opened atlas (numpy arrays, small dicts), cached per atlas; the cache is
+dropped when the atlas's manifest changes on disk (an atlas is replaced by renaming a new
+directory into place, see analysis/atlas.py).
+
+Derived files may be missing (an atlas with raw statistics only): every accessor returns
+``None`` or computes a cheap stand-in (neighbours from the decoder), never raises for that.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis.atlas import Atlas, AtlasError, list_atlases, open_atlas
+
+AFFINITIES = ("phi", "simple_matching", "jaccard", "dice", "overlap", "geometry")
+LAYOUTS = ("pca", "umap")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+
+
+class UnknownAtlas(KeyError):
+    """No atlas of that name is served (the message is readable: ``str(e.args[0])``)."""
+
+
+class UnknownItem(KeyError):
+    """A layer, feature or file that the atlas does not hold."""
+
+
+def valid_name(name: str) -> bool:
+    """An atlas name is a single plain path component: no separators, not dots only."""
+    return bool(_NAME.match(name)) and set(name) != {"."}
+
+
+@dataclass
+class _Entry:
+    atlas: Atlas
+    stamp: int
+    memo: dict[Any, Any] = field(default_factory=dict)
+
+
+class AtlasStore:
+    """The atlases directly inside ``root`` (or ``root`` itself when it is an atlas)."""
+
+    def __init__(self, root: str | Path, verify: str = "checksum"):
+        self.root = Path(root).resolve()
+        self.verify = verify
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ atlases
+
+    def paths(self) -> dict[str, Path]:
+        return {p.name: p for p in list_atlases(self.root) if valid_name(p.name)}
+
+    def names(self) -> list[str]:
+        return sorted(self.paths())
+
+    def open(self, name: str) -> Atlas:
+        """The opened atlas; raises UnknownAtlas or AtlasError (one readable line)."""
+        return self._entry(name).atlas
+
+    def _entry(self, name: str) -> _Entry:
+        if not isinstance(name, str) or not valid_name(name):
+            raise UnknownAtlas(f"{str(name)[:60]!r} is not a valid atlas name")
+        paths = self.paths()
+        if name not in paths:
+            raise UnknownAtlas(f"no atlas named {name!r} (available: {', '.join(sorted(paths)) or 'none'})")
+        path = paths[name]
+        try:
+            stamp = (path / "manifest.json").stat().st_mtime_ns
+        except OSError as e:
+            raise AtlasError(f"{path}: cannot read the manifest ({e.strerror})") from None
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None or entry.stamp != stamp:
+                entry = _Entry(open_atlas(path, verify=self.verify), stamp)
+                self._entries[name] = entry
+            return entry
+
+    def memo(self, name: str, key: Any, compute) -> Any:
+        """Cache ``compute(atlas)`` per atlas under ``key``."""
+        entry = self._entry(name)
+        if key not in entry.memo:
+            value = compute(entry.atlas)
+            with self._lock:
+                entry.memo[key] = value
+        return entry.memo[key]
+
+    # ------------------------------------------------------------------ layers
+
+    def layer(self, name: str, layer: int) -> Atlas:
+        atlas = self.open(name)
+        if layer not in atlas.layer_ids:
+            raise UnknownItem(f"atlas {name!r} has no layer {layer} (layers: {', '.join(map(str, atlas.layer_ids))})")
+        return atlas
+
+    def n_features(self, name: str, layer: int) -> int:
+        atlas = self.layer(name, layer)
+        rel = f"layers/{layer}/decoder.npy"
+        if atlas.has(rel):
+            return int(atlas.manifest.files[rel].shape[0])
+        return int(atlas.manifest.layer(layer).sae.width)
+
+    def check_feature(self, name: str, layer: int, feature: int) -> None:
+        n = self.n_features(name, layer)
+        if not 0 <= feature < n:
+            raise UnknownItem(f"layer {layer} of atlas {name!r} has features 0..{n - 1}; there is no feature {feature}")
+
+    def layouts(self, name: str, layer: int) -> list[str]:
+        atlas = self.layer(name, layer)
+        return [lay for lay in LAYOUTS if atlas.has(f"layers/{layer}/coords_{lay}.npy")]
+
+    def coords(self, name: str, layer: int, layout: str) -> np.ndarray | None:
+        """float32 [F, 3]; PCA of the decoder when no layout file was computed (pca only)."""
+        atlas = self.layer(name, layer)
+        rel = f"layers/{layer}/coords_{layout}.npy"
+        if atlas.has(rel):
+            return np.asarray(atlas.array(rel), dtype=np.float32)
+        if layout == "pca" and atlas.has(f"layers/{layer}/decoder.npy"):
+            return self.memo(name, ("pca-fallback", layer), lambda a: _pca3(a.array(f"layers/{layer}/decoder.npy")))
+        return None
+
+    def frequency(self, name: str, layer: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(fire_count int64 [F], frequency float64 [F] = fraction of tokens fired)."""
+        atlas = self.layer(name, layer)
+        rel = f"layers/{layer}/fire_count.npy"
+        if not atlas.has(rel):
+            return None
+
+        def compute(a: Atlas):
+            counts = np.asarray(a.array(rel), dtype=np.int64)
+            n_tok = a.manifest.layer(layer).n_tokens or a.manifest.corpus.n_tokens
+            freq = counts / n_tok if n_tok else counts / max(int(counts.max()), 1)
+            return counts, freq
+
+        return self.memo(name, ("freq", layer), compute)
+
+    def lobe_options(self, name: str, layer: int) -> dict[str, list[int]]:
+        """{affinity: [k, ...]} for the lobe label files present."""
+        atlas = self.layer(name, layer)
+        out = {}
+        for aff in AFFINITIES:
+            rel = f"layers/{layer}/lobes_{aff}.npy"
+            if atlas.has(rel):
+                out[aff] = self._ks(name, layer, aff)
+        return out
+
+    def _ks(self, name: str, layer: int, affinity: str) -> list[int]:
+        def compute(a: Atlas):
+            labels = a.array(f"layers/{layer}/lobes_{affinity}.npy")
+            brel = f"layers/{layer}/brain.json"
+            ks = a.json(brel).get("ks") if a.has(brel) else None
+            if not ks or len(ks) != labels.shape[0]:  # no brain.json: count clusters per row
+                ks = [int(len(np.unique(row[row >= 0]))) for row in labels]
+            return [int(k) for k in ks]
+
+        return self.memo(name, ("ks", layer, affinity), compute)
+
+    def lobes(self, name: str, layer: int, affinity: str, k: int) -> np.ndarray | None:
+        """int16 [F] labels (-1 = dead/excluded), or None when not computed."""
+        opts = self.lobe_options(name, layer)
+        if affinity not in opts or k not in opts[affinity]:
+            return None
+        atlas = self.open(name)
+        return np.asarray(atlas.array(f"layers/{layer}/lobes_{affinity}.npy")[opts[affinity].index(k)])
+
+    def lobe_names(self, name: str, layer: int, affinity: str, k: int, n_tokens: int = 3) -> dict[int, str]:
+        """{lobe: "tok1 tok2 tok3"} from lobe_tokens.parquet, or from member features' top tokens."""
+        def compute(a: Atlas):
+            rel = f"layers/{layer}/lobe_tokens.parquet"
+            out: dict[int, list[str]] = {}
+            if a.has(rel):
+                t = a.table(rel)
+                t = t[(t["affinity"] == affinity) & (t["k"] == k)].sort_values(["lobe", "rank"])
+                for lobe, grp in t.groupby("lobe"):
+                    out[int(lobe)] = list(grp["token"].head(n_tokens))
+            else:
+                labels = self.lobes(name, layer, affinity, k)
+                tt = self.table(name, layer, "top_tokens.parquet")
+                if labels is not None and tt is not None:
+                    t = tt.assign(lobe=labels[tt["feature"].to_numpy()])
+                    t = t[t["lobe"] >= 0].groupby(["lobe", "token"])["count"].sum().reset_index()
+                    for lobe, grp in t.groupby("lobe"):
+                        out[int(lobe)] = list(grp.sort_values("count", ascending=False)["token"].head(n_tokens))
+            return {lobe: " ".join(toks) for lobe, toks in out.items()}
+
+        return self.memo(name, ("lobe-names", layer, affinity, k, n_tokens), compute)
+
+    def subset_argmax(self, name: str, layer: int) -> np.ndarray | None:
+        """int16 [F]: corpus subset where each feature fires most (-1: never fires)."""
+        atlas = self.layer(name, layer)
+        rel = f"layers/{layer}/subset_fire.npy"
+        if not atlas.has(rel):
+            return None
+
+        def compute(a: Atlas):
+            sf = np.asarray(a.array(rel))
+            out = sf.argmax(1).astype(np.int16)
+            out[sf.sum(1) == 0] = -1
+            return out
+
+        return self.memo(name, ("subset", layer), compute)
+
+    def table(self, name: str, layer: int, file: str):
+        atlas = self.layer(name, layer)
+        rel = f"layers/{layer}/{file}"
+        return atlas.table(rel) if atlas.has(rel) else None
+
+    def rows_of(self, name: str, layer: int, file: str, feature: int, column: str = "feature"):
+        """Rows of a per-feature table for one feature, sorted by rank (index built once)."""
+        def compute(a: Atlas):
+            t = self.table(name, layer, file)
+            if t is None:
+                return None
+            order = np.argsort(t[column].to_numpy(), kind="stable")
+            t = t.iloc[order].reset_index(drop=True)
+            return t, t[column].to_numpy()
+
+        got = self.memo(name, ("rows", layer, file, column), compute)
+        if got is None:
+            return None
+        t, keys = got
+        lo, hi = np.searchsorted(keys, feature, "left"), np.searchsorted(keys, feature, "right")
+        rows = t.iloc[lo:hi]
+        return rows.sort_values("rank") if "rank" in rows else rows
+
+    def top_tokens(self, name: str, layer: int, n: int = 3) -> list[str] | None:
+        """One short string of top tokens per feature (hover text)."""
+        def compute(a: Atlas):
+            t = self.table(name, layer, "top_tokens.parquet")
+            if t is None:
+                return None
+            F = self.n_features(name, layer)
+            out = [""] * F
+            t = t[t["rank"] < n].sort_values(["feature", "rank"])
+            for f, grp in t.groupby("feature", sort=False):
+                if 0 <= f < F:
+                    out[int(f)] = " ".join(grp["token"].astype(str))
+            return out
+
+        return self.memo(name, ("top-tokens", layer, n), compute)
+
+    def neighbours(self, name: str, layer: int, feature: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k decoder-cosine neighbours (self excluded) and their cosines."""
+        atlas = self.layer(name, layer)
+        rel, rel_cos = f"layers/{layer}/neighbors.npy", f"layers/{layer}/neighbors_cos.npy"
+        if atlas.has(rel) and atlas.has(rel_cos):
+            return np.asarray(atlas.array(rel)[feature, :k]), np.asarray(atlas.array(rel_cos)[feature, :k])
+        W = self.memo(name, ("unit-decoder", layer), lambda a: _unit_rows(a.array(f"layers/{layer}/decoder.npy")))
+        cos = W @ W[feature]
+        cos[feature] = -np.inf
+        idx = np.argpartition(-cos, min(k, len(cos) - 1))[:k]
+        idx = idx[np.argsort(-cos[idx])]
+        return idx.astype(np.int32), cos[idx].astype(np.float32)
+
+    def cooc_partners(self, name: str, layer: int, feature: int, k: int = 8) -> list[dict] | None:
+        """Features sharing the most blocks with ``feature``, with the phi coefficient."""
+        atlas = self.layer(name, layer)
+        rel = f"layers/{layer}/cooc.npz"
+        if not atlas.has(rel):
+            return None
+        C = atlas.sparse(rel)
+        diag = self.memo(name, ("cooc-diag", layer), lambda a: np.asarray(C.diagonal(), dtype=np.float64))
+        T = float(atlas.manifest.layer(layer).n_blocks or 0)
+        row = C.getrow(feature)
+        cols, vals = row.indices, row.data.astype(np.float64)
+        keep = cols != feature
+        cols, vals = cols[keep], vals[keep]
+        if T > 0:
+            n1, n2 = diag[feature], diag[cols]
+            den = np.sqrt(n1 * (T - n1) * n2 * (T - n2))
+            phi = np.where(den > 0, (vals * T - n1 * n2) / np.where(den > 0, den, 1), 0.0)
+            order = np.argsort(-phi)[:k]
+        else:
+            phi = np.full(len(cols), np.nan)
+            order = np.argsort(-vals)[:k]
+        return [{"feature": int(cols[i]), "blocks": int(vals[i]),
+                 "phi": None if np.isnan(phi[i]) else round(float(phi[i]), 4)} for i in order]
+
+    def crystals(self, name: str, layer: int):
+        t = self.table(name, layer, "crystals.parquet")
+        if t is None:
+            return None
+        return t.reset_index(drop=True)
+
+
+def _unit_rows(W: np.ndarray) -> np.ndarray:
+    W = np.asarray(W, dtype=np.float32)
+    return W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
+
+
+def _pca3(W: np.ndarray) -> np.ndarray:
+    """3-D PCA of the decoder rows (stand-in when coords_pca.npy was not computed)."""
+    X = np.asarray(W, dtype=np.float64)
+    X = X - X.mean(0)
+    _, _, Vt = np.linalg.svd(X, full_matrices=False)
+    return (X @ Vt[:3].T).astype(np.float32)

@@ -1,0 +1,217 @@
+"""The feature cloud: one layer's features as a WebGL 3-D scatter, with its overlays.
+
+The figure always has the same five traces, so partial updates (dash ``Patch``) can address
+them by index:
+
+    0  every feature (customdata = feature id; colour, size, hover text)
+    1  neighbour edges of the selected feature (lines)
+    2  the selected feature and its neighbours (large markers)
+    3  crystal faces above the quality threshold (translucent Mesh3d)
+    4  the crystal face picked from the card (opaque Mesh3d)
+
+Every numeric array travels as a plotly typed-array spec ``{dtype, bdata}`` (base64 of the
+little-endian bytes), never as a list of Python floats.
+"""
+from __future__ import annotations
+
+import base64
+import html as _html
+
+import numpy as np
+import plotly.graph_objects as go
+from dash import Patch
+
+from app.data import AtlasStore
+from app.state import ViewState
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+           "#bcbd22", "#7f7f7f", "#393b79", "#e7ba52", "#637939", "#ad494a", "#7b4173", "#3182bd"]
+DEAD = "#d0d0d0"
+MAX_FACES = 400
+N_NEIGHBOURS = 10
+
+
+def typed(arr: np.ndarray) -> dict:
+    """A plotly typed-array spec: ``{"dtype": "f4", "bdata": base64}`` (plotly.js decodes it)."""
+    arr = np.ascontiguousarray(arr)
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    if arr.dtype == np.int64:
+        arr = arr.astype(np.int32)
+    code = {"f4": "f4", "f8": "f8", "i1": "i1", "u1": "u1", "i2": "i2", "u2": "u2", "i4": "i4", "u4": "u4"}[
+        arr.dtype.newbyteorder("<").str[1:]]
+    return {"dtype": code, "bdata": base64.b64encode(arr.astype(arr.dtype.newbyteorder("<")).tobytes()).decode()}
+
+
+def colour_of(label: int) -> str:
+    return DEAD if label < 0 else PALETTE[label % len(PALETTE)]
+
+
+# --------------------------------------------------------------------------- colouring
+
+
+def colouring(store: AtlasStore, st: ViewState) -> dict:
+    """Marker colour settings for trace 0 and the legend entries ``[(label, colour, name, n)]``."""
+    kind, *rest = st.color.split(":")
+    if kind == "freq":
+        fr = store.frequency(st.atlas, st.layer)
+        logf = np.log10(np.maximum(fr[1], 1e-9)).astype(np.float32)
+        logf[fr[0] == 0] = np.nan
+        return {"marker": {"color": typed(logf), "colorscale": "Viridis", "showscale": True,
+                           "colorbar": {"title": {"text": "log10 freq"}, "thickness": 12, "len": 0.6},
+                           "cmin": float(np.nanmin(logf)) if np.isfinite(logf).any() else 0,
+                           "cmax": float(np.nanmax(logf)) if np.isfinite(logf).any() else 1},
+                "legend": []}
+    if kind == "subset":
+        labels = store.subset_argmax(st.atlas, st.layer)
+        names = store.open(st.atlas).manifest.corpus.subsets
+        legend_names = {i: n for i, n in enumerate(names)}
+    else:
+        aff, k = (rest[0], int(rest[1])) if kind == "lobe" else ("geometry", int(rest[0]))
+        labels = store.lobes(st.atlas, st.layer, aff, k)
+        legend_names = store.lobe_names(st.atlas, st.layer, aff, k)
+    return _discrete(labels, legend_names)
+
+
+def _discrete(labels: np.ndarray, names: dict[int, str]) -> dict:
+    # Colours as numbers through a stepped colour scale keep the array binary (int16).
+    n = len(PALETTE)
+    vals = np.where(labels < 0, n, labels % n).astype(np.int16)
+    scale = []
+    for i, c in enumerate(PALETTE + [DEAD]):
+        scale += [[i / (n + 1), c], [(i + 1) / (n + 1), c]]
+    ids, counts = np.unique(labels, return_counts=True)
+    legend = [(int(i), colour_of(int(i)), names.get(int(i), "") if i >= 0 else "dead / excluded", int(c))
+              for i, c in zip(ids, counts)]
+    return {"marker": {"color": typed(vals), "colorscale": scale, "cmin": -0.5, "cmax": n + 0.5,
+                       "showscale": False}, "legend": legend}
+
+
+def sizes(store: AtlasStore, st: ViewState, n: int):
+    if not st.size or (fr := store.frequency(st.atlas, st.layer)) is None:
+        return 3.0
+    logf = np.log10(np.maximum(fr[1], 1e-9))
+    lo, hi = np.percentile(logf, [2, 98])
+    return typed((1.5 + 7 * np.clip((logf - lo) / max(hi - lo, 1e-9), 0, 1)).astype(np.float32))
+
+
+def hover_text(store: AtlasStore, st: ViewState, n: int) -> list[str]:
+    toks = store.top_tokens(st.atlas, st.layer) or [""] * n
+    # Tokens are data, not markup: plotly hover labels interpret a few tags, so escape them.
+    return store.memo(st.atlas, ("hover", st.layer), lambda a: [
+        f"#{i}  {_html.escape(t.replace(chr(10), '⏎'))}" for i, t in enumerate(toks)])
+
+
+# --------------------------------------------------------------------------- overlays
+
+
+def selection_traces(store: AtlasStore, st: ViewState, xyz: np.ndarray) -> tuple[dict, dict]:
+    """(edges trace update, selected-markers trace update) for the selected feature."""
+    if st.f is None:
+        empty = typed(np.zeros(0, np.float32))
+        return {"x": empty, "y": empty, "z": empty}, {"x": empty, "y": empty, "z": empty, "customdata": typed(
+            np.zeros(0, np.int32)), "marker": {"size": 6}}
+    nb, _ = store.neighbours(st.atlas, st.layer, st.f, N_NEIGHBOURS)
+    seg = np.full((len(nb), 3, 3), np.nan, np.float32)
+    seg[:, 0], seg[:, 1] = xyz[st.f], xyz[nb]
+    seg = seg.reshape(-1, 3)
+    pts = np.concatenate([[st.f], nb]).astype(np.int32)
+    size = np.full(len(pts), 6, np.float32)
+    size[0] = 11
+    return ({"x": typed(seg[:, 0]), "y": typed(seg[:, 1]), "z": typed(seg[:, 2])},
+            {"x": typed(xyz[pts, 0]), "y": typed(xyz[pts, 1]), "z": typed(xyz[pts, 2]), "customdata": typed(pts),
+             "marker": {"size": typed(size)}})
+
+
+def _mesh(faces: np.ndarray, xyz: np.ndarray) -> dict:
+    """Quads a, b, d, c (a - b ≈ c - d, so a→b and c→d are parallel edges) as two triangles each."""
+    faces = np.asarray(faces, dtype=np.int64).reshape(-1, 4)
+    verts = xyz[faces[:, [0, 1, 3, 2]].reshape(-1)]
+    base = np.arange(len(faces), dtype=np.int32) * 4
+    i = np.concatenate([base, base])
+    j = np.concatenate([base + 1, base + 2])
+    k = np.concatenate([base + 2, base + 3])
+    return {"x": typed(verts[:, 0]), "y": typed(verts[:, 1]), "z": typed(verts[:, 2]),
+            "i": typed(i), "j": typed(j), "k": typed(k)}
+
+
+def crystal_traces(store: AtlasStore, st: ViewState, xyz: np.ndarray) -> tuple[dict, dict]:
+    tab = store.crystals(st.atlas, st.layer)
+    empty = _mesh(np.zeros((0, 4)), xyz)
+    if tab is None:
+        return empty, empty
+    shown = empty
+    if st.q is not None:
+        t = tab[tab["edge_cos"] >= st.q] if "edge_cos" in tab else tab
+        if "edge_cos" in t:
+            t = t.sort_values("edge_cos", ascending=False)
+        shown = _mesh(t[["a", "b", "c", "d"]].to_numpy()[:MAX_FACES], xyz)
+    face = empty
+    if st.face is not None and 0 <= st.face < len(tab):
+        face = _mesh(tab.loc[st.face, ["a", "b", "c", "d"]].to_numpy(), xyz)
+    return shown, face
+
+
+# --------------------------------------------------------------------------- figure
+
+
+def figure(store: AtlasStore, st: ViewState) -> tuple[go.Figure, list]:
+    """The whole figure for a view, and its legend entries."""
+    xyz = store.coords(st.atlas, st.layer, st.layout)
+    n = len(xyz)
+    col = colouring(store, st)
+    edges, sel = selection_traces(store, st, xyz)
+    faces, face = crystal_traces(store, st, xyz)
+    points = go.Scatter3d(
+        x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], mode="markers", name="features",
+        customdata=np.arange(n, dtype=np.int32), text=hover_text(store, st, n),
+        hovertemplate="%{text}<extra></extra>",
+        marker={**col["marker"], "size": sizes(store, st, n), "opacity": 0.85, "line": {"width": 0}})
+    fig = go.Figure([points,
+                     go.Scatter3d(mode="lines", name="neighbours", hoverinfo="skip",
+                                  line={"color": "#222", "width": 2}),
+                     go.Scatter3d(mode="markers", name="selected", hoverinfo="skip",
+                                  marker={"color": "rgba(0,0,0,0)", "line": {"color": "#000", "width": 2}}),
+                     go.Mesh3d(name="crystals", color="#e45756", opacity=0.25, hoverinfo="skip", flatshading=True),
+                     go.Mesh3d(name="face", color="#b10026", opacity=0.75, hoverinfo="skip", flatshading=True)])
+    fig.update_traces(edges, selector=1)
+    fig.update_traces(sel, selector=2)
+    fig.update_traces(faces, selector=3)
+    fig.update_traces(face, selector=4)
+    axis = {"showticklabels": False, "title": {"text": ""}, "showspikes": False, "backgroundcolor": "#fafafa"}
+    scene = {"xaxis": axis, "yaxis": axis, "zaxis": axis, "aspectmode": "data", "uirevision": "cloud"}
+    if st.cam is not None:
+        scene["camera"] = {"eye": dict(zip("xyz", st.cam))}
+    fig.update_layout(scene=scene, margin={"l": 0, "r": 0, "t": 0, "b": 0}, showlegend=False,
+                      uirevision="cloud", paper_bgcolor="white", hovermode="closest")
+    return fig, col["legend"]
+
+
+def patch(store: AtlasStore, old: ViewState, st: ViewState) -> tuple[Patch | None, list | None]:
+    """Only what changed between two views of the same layer; ``(None, None)`` if nothing did."""
+    p = Patch()
+    changed = False
+    legend = None
+    xyz = store.coords(st.atlas, st.layer, st.layout)
+    moved = st.layout != old.layout
+    if moved:
+        p["data"][0]["x"], p["data"][0]["y"], p["data"][0]["z"] = (typed(xyz[:, i]) for i in range(3))
+        changed = True
+    if st.color != old.color:
+        col = colouring(store, st)
+        p["data"][0]["marker"].update(col["marker"])
+        legend, changed = col["legend"], True
+    if st.size != old.size:
+        p["data"][0]["marker"]["size"] = sizes(store, st, len(xyz))
+        changed = True
+    if moved or st.f != old.f:
+        edges, sel = selection_traces(store, st, xyz)
+        p["data"][1].update(edges)
+        p["data"][2].update(sel)
+        changed = True
+    if moved or st.q != old.q or st.face != old.face:
+        faces, face = crystal_traces(store, st, xyz)
+        p["data"][3].update(faces)
+        p["data"][4].update(face)
+        changed = True
+    return (p, legend) if changed else (None, None)

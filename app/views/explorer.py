@@ -1,0 +1,275 @@
+"""The Dash explorer: page layout and callbacks.
+
+The URL is the source of truth. One controller callback turns the query string (on load,
+on a ``dcc.Link`` click, on back/forward) or a control change (dropdowns, a click on the
+cloud or the spectra) into a resolved ``ViewState``, writes it back to the URL and the
+controls, and stores it; the views (cloud, card, legend, panels) redraw from the stored
+state. The cloud is redrawn whole only when the atlas or layer changes; otherwise a
+``Patch`` sends just what changed, and ``uirevision`` keeps the camera.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
+from dash.exceptions import PreventUpdate
+
+from app.data import AtlasStore, UnknownAtlas, UnknownItem
+from app.state import ViewState, parse_query, resolve
+from app.views import card as card_view
+from app.views import cloud, panels
+from analysis.atlas import AtlasError
+
+STATIC = Path(__file__).resolve().parents[2] / "static"
+COLOR_KINDS = [{"label": "lobe (co-occurrence)", "value": "lobe"}, {"label": "geometry cluster", "value": "geometry"},
+               {"label": "firing frequency (log)", "value": "freq"}, {"label": "corpus subset", "value": "subset"}]
+
+
+def _control(label: str, comp) -> html.Div:
+    return html.Div([html.Label(label), comp], className="control")
+
+
+def page(banner: str | None) -> html.Div:
+    sidebar = html.Div([
+        _control("Atlas", dcc.Dropdown(id="atlas-dd", clearable=False)),
+        _control("Layer", dcc.Dropdown(id="layer-dd", clearable=False)),
+        _control("Layout", dcc.RadioItems(id="layout-radio", inline=True,
+                                          options=[{"label": " PCA", "value": "pca"}, {"label": " UMAP", "value": "umap"}])),
+        _control("Colour", dcc.Dropdown(id="color-dd", options=COLOR_KINDS, clearable=False)),
+        html.Div([_control("Affinity", dcc.Dropdown(id="aff-dd", clearable=False)),
+                  _control("k", dcc.Dropdown(id="k-dd", clearable=False))], className="row2", id="lobe-controls"),
+        dcc.Checklist(id="size-check", options=[{"label": " size by frequency", "value": "freq"}], value=[]),
+        dcc.Checklist(id="crystal-check", options=[{"label": " crystal faces, edge cos ≥", "value": "on"}], value=[]),
+        dcc.Slider(id="q-slider", min=0.5, max=1.0, step=0.01, value=0.9, marks={0.5: "0.5", 0.75: "0.75", 1: "1"},
+                   tooltip={"placement": "bottom"}),
+        html.Div([dcc.Input(id="search-input", type="text", placeholder="feature id, token or text", debounce=False,
+                            maxLength=200),
+                  html.Button("Search", id="search-btn")], className="row2 search"),
+        html.Div(id="search-results"),
+        html.Div([html.Button("Copy link", id="copy-btn"),
+                  dcc.Input(id="permalink", type="text", readOnly=True, className="permalink")], className="copy"),
+        html.Div(id="exports", className="exports"),
+        html.H4("Legend"),
+        html.Div(id="legend", className="legend"),
+    ], className="sidebar")
+    return html.Div([
+        dcc.Location(id="url", refresh=False),
+        dcc.Store(id="view"), dcc.Store(id="rendered"), dcc.Store(id="spectra-key"),
+        html.Header([html.H1("saegeo"), html.Span("geometry of sparse-autoencoder features", className="muted"),
+                     html.Div(banner or "", id="custom-banner", className="banner info" if banner else "")]),
+        html.Div(id="banner"),
+        html.Div(id="notice"),
+        html.Div([
+            sidebar,
+            html.Div(dcc.Graph(id="cloud", config={"displaylogo": False, "scrollZoom": True},
+                               style={"height": "72vh"}), className="main"),
+            html.Div(id="card", className="card"),
+        ], className="grid"),
+        html.Div([
+            html.Section([html.H3("Spectra"), html.Div(id="spectra-note"),
+                          dcc.Graph(id="spectra", config={"displayModeBar": False}, style={"height": "300px"})],
+                         className="panel"),
+            html.Section([html.H3("Lobes"), html.Div(id="lobes")], className="panel"),
+        ], className="panels"),
+    ], className="page")
+
+
+def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -> Dash:
+    app = Dash(__name__, assets_folder=str(STATIC), requests_pathname_prefix=prefix, routes_pathname_prefix=prefix,
+               title="saegeo", update_title=None, suppress_callback_exceptions=True, serve_locally=True)
+    app.layout = page(banner)
+
+    @app.callback(
+        Output("url", "search"), Output("notice", "children"), Output("view", "data"),
+        Output("atlas-dd", "options"), Output("atlas-dd", "value"),
+        Output("layer-dd", "options"), Output("layer-dd", "value"),
+        Output("layout-radio", "options"), Output("layout-radio", "value"),
+        Output("color-dd", "value"), Output("aff-dd", "options"), Output("aff-dd", "value"),
+        Output("k-dd", "options"), Output("k-dd", "value"),
+        Output("size-check", "value"), Output("crystal-check", "value"), Output("q-slider", "value"),
+        Input("url", "search"), Input("atlas-dd", "value"), Input("layer-dd", "value"),
+        Input("layout-radio", "value"), Input("color-dd", "value"), Input("aff-dd", "value"), Input("k-dd", "value"),
+        Input("size-check", "value"), Input("crystal-check", "value"), Input("q-slider", "value"),
+        Input("cloud", "clickData"), Input("spectra", "clickData"), Input("cloud", "relayoutData"),
+        State("view", "data"),
+    )
+    def controller(search, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v, q_v,
+                   click, sclick, relayout, prev):
+        prop = ctx.triggered[0]["prop_id"] if ctx.triggered else "."
+        notes: list[str] = []
+        if prop in (".", "url.search") or not prev:
+            st, notes = parse_query(search)
+            st, more = resolve(st, store)
+            notes += more
+        else:
+            st = ViewState(**prev)
+            st = _apply_control(st, prop, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v, q_v,
+                                click, sclick, relayout)
+            st, _ = resolve(st, store)  # a control can only ask for what exists; snap silently
+        query = st.to_query()
+        return (query if query != (search or "") else no_update,
+                _notice(notes), st.model_dump(), *_controls(store, st))
+
+    @app.callback(Output("cloud", "figure"), Output("rendered", "data"), Output("legend", "children"),
+                  Input("view", "data"), State("rendered", "data"))
+    def draw(view, rendered):
+        if not view or view.get("atlas") is None:
+            raise PreventUpdate
+        st = ViewState(**view)
+        old = ViewState(**rendered) if rendered else None
+        try:
+            if old is None or (old.atlas, old.layer) != (st.atlas, st.layer):
+                fig, legend = cloud.figure(store, st)
+                return fig, view, _legend(legend)
+            p, legend = cloud.patch(store, old, st)
+        except (UnknownAtlas, UnknownItem, AtlasError):
+            raise PreventUpdate from None
+        if p is None:
+            return no_update, view, no_update
+        return p, view, no_update if legend is None else _legend(legend)
+
+    @app.callback(Output("card", "children"), Output("exports", "children"), Output("banner", "children"),
+                  Output("lobes", "children"), Input("view", "data"))
+    def side(view):
+        if not view or view.get("atlas") is None:
+            return [], [], [], []
+        st = ViewState(**view)
+        m = store.open(st.atlas).manifest
+        banner = html.Div(f"Synthetic atlas: {m.title or st.atlas} holds generated data with planted structure, "
+                          "not measurements of a model.", className="banner synthetic", id="synthetic-banner") \
+            if m.synthetic else []
+        return (card_view.render(store, st, prefix), _exports(store, st, prefix), banner, panels.lobes_panel(store, st))
+
+    @app.callback(Output("spectra", "figure"), Output("spectra-note", "children"), Output("spectra-key", "data"),
+                  Input("view", "data"), State("spectra-key", "data"))
+    def spectra(view, key):
+        if not view or view.get("atlas") is None:
+            raise PreventUpdate
+        st = ViewState(**view)
+        if key == [st.atlas, st.layer]:
+            raise PreventUpdate
+        fig = panels.spectra_figure(store, st)
+        if fig is None:
+            return {"data": [], "layout": {"height": 60}}, html.P(
+                "No eigenvalue spectra in this atlas (run the geometry stage).", className="hint"), [st.atlas, st.layer]
+        return fig, html.P("Click a curve to open that layer.", className="muted"), [st.atlas, st.layer]
+
+    @app.callback(Output("search-results", "children"), Input("search-btn", "n_clicks"),
+                  Input("search-input", "n_submit"), State("search-input", "value"), State("view", "data"),
+                  prevent_initial_call=True)
+    def do_search(_n, _s, q, view):
+        from app.api import search
+
+        if not q or not view:
+            return []
+        st = ViewState(**view)
+        hits = search(store, st.atlas, st.layer, q, limit=15)
+        if not hits:
+            return html.P("no matches", className="muted")
+        return html.Ul([html.Li([card_view.link(st, prefix, f"#{h.feature}", f=h.feature), f"  {h.why}"])
+                        for h in hits], id="search-list", className="nlist")
+
+    app.clientside_callback(
+        """function(n) {
+            if (!n) { return "Copy link"; }
+            try { navigator.clipboard.writeText(window.location.href); } catch (e) {}
+            return "Copied";
+        }""", Output("copy-btn", "children"), Input("copy-btn", "n_clicks"))
+    app.clientside_callback(
+        "function(s) { return window.location.origin + window.location.pathname + (s || ''); }",
+        Output("permalink", "value"), Input("url", "search"))
+    return app
+
+
+def _apply_control(st: ViewState, prop: str, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v, q_v,
+                   click, sclick, relayout) -> ViewState:
+    src = prop.rsplit(".", 1)[0]
+    if src == "atlas-dd" and atlas_v != st.atlas:
+        return st.with_(atlas=atlas_v, f=None, face=None)
+    if src == "layer-dd" and layer_v is not None and layer_v != st.layer:
+        return st.with_(layer=int(layer_v), f=None, face=None)
+    if src == "layout-radio" and layout_v:
+        return st.with_(layout=layout_v)
+    if src in ("color-dd", "aff-dd", "k-dd"):
+        if kind_v == "lobe":
+            return st.with_(color=f"lobe:{aff_v}:{k_v}" if aff_v and k_v else "lobe")
+        if kind_v == "geometry":
+            return st.with_(color=f"geometry:{k_v}" if k_v else "geometry")
+        return st.with_(color=kind_v or "lobe")
+    if src == "size-check":
+        return st.with_(size="freq" in (size_v or []))
+    if src == "crystal-check":
+        return st.with_(q=float(q_v) if "on" in (cryst_v or []) else None)
+    if src == "q-slider":
+        return st.with_(q=float(q_v)) if st.q is not None else st
+    if prop == "cloud.clickData":
+        pts = (click or {}).get("points") or [{}]
+        f = pts[0].get("customdata")
+        if isinstance(f, list):
+            f = f[0] if f else None
+        if f is None:
+            raise PreventUpdate
+        return st.with_(f=int(f))
+    if prop == "spectra.clickData":
+        pts = (sclick or {}).get("points") or [{}]
+        L = pts[0].get("customdata")
+        if L is None:
+            raise PreventUpdate
+        return st.with_(layer=int(L), f=None, face=None)
+    if prop == "cloud.relayoutData":
+        cam = (relayout or {}).get("scene.camera")
+        eye = cam.get("eye") if isinstance(cam, dict) else None
+        if not eye:
+            raise PreventUpdate
+        return st.with_(cam=tuple(round(float(eye[c]), 2) for c in "xyz"))
+    raise PreventUpdate
+
+
+def _controls(store: AtlasStore, st: ViewState) -> tuple:
+    """Options and values of every control for a resolved state."""
+    if st.atlas is None:
+        return ([], None, [], None, [], None, None, [], None, [], None, [], [], 0.9)
+    names = store.names()
+    layers = store.open(st.atlas).layer_ids
+    layouts = store.layouts(st.atlas, st.layer) or ["pca"]
+    opts = store.lobe_options(st.atlas, st.layer)
+    kind, *rest = st.color.split(":")
+    cooc = [a for a in opts if a != "geometry"]
+    aff = rest[0] if kind == "lobe" else (cooc[0] if cooc else None)
+    ks = opts.get("geometry" if kind == "geometry" else aff, []) if (aff or kind == "geometry") else []
+    k = int(rest[-1]) if kind in ("lobe", "geometry") and rest else None
+    return ([{"label": n, "value": n} for n in names], st.atlas,
+            [{"label": f"layer {L}", "value": L} for L in layers], st.layer,
+            [{"label": f" {x.upper()}", "value": x, "disabled": x not in layouts} for x in ("pca", "umap")], st.layout,
+            kind, [{"label": a, "value": a} for a in cooc], aff,
+            [{"label": str(x), "value": x} for x in ks], k,
+            ["freq"] if st.size else [], ["on"] if st.q is not None else [], st.q if st.q is not None else 0.9)
+
+
+def _notice(notes: list[str]):
+    if not notes:
+        return []
+    return html.Div([html.Strong("Some of this link could not be shown: "),
+                     html.Ul([html.Li(n) for n in notes])], className="notice", id="notice-box")
+
+
+def _legend(entries: list) -> list:
+    if not entries:
+        return [html.P("continuous colour scale (see the bar beside the plot)", className="muted")]
+    return [html.Div([html.Span(className="swatch", style={"background": c}),
+                      html.Span(f"{label if label >= 0 else '–'} ", className="lid"),
+                      html.Span(name or "", className="lname"), html.Span(f" ({n})", className="muted")],
+                     className="lrow") for label, c, name, n in entries[:40]]
+
+
+def _exports(store: AtlasStore, st: ViewState, prefix: str) -> list:
+    base = f"{prefix.rstrip('/')}/api/atlases/{st.atlas}/layers/{st.layer}/export?layout={st.layout}"
+    out = [html.Span("Export: ", className="muted"),
+           html.A("all CSV", href=base + "&format=csv", download=""), " · ",
+           html.A("all Parquet", href=base + "&format=parquet", download="")]
+    if st.f is not None:
+        nb, _ = store.neighbours(st.atlas, st.layer, st.f, cloud.N_NEIGHBOURS)
+        sel = ",".join(str(int(i)) for i in [st.f, *nb])
+        out += [" · ", html.A(f"#{st.f} + neighbours CSV", href=f"{base}&format=csv&features={sel}", download="",
+                              id="export-selection")]
+    return out

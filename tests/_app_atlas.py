@@ -1,0 +1,73 @@
+"""Atlases for the app's tests: the shared synthetic atlas, with derived files.
+
+When the geometry stage (``analysis.stage``) exists, the conftest's ``atlas_root`` is used
+as is. Until then (or when it is absent) ``build_app_atlas`` writes the synthetic atlas's raw
+statistics and adds derived files computed directly from the planted truth and the
+decoder (PCA coordinates, exact neighbours, planted lobes, planted crystals with their
+quality, the spectrum) so the app can be tested against known answers either way.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.atlas import AtlasWriter, open_atlas
+from analysis.synthetic import make_synthetic_atlas
+
+HAS_STAGE = importlib.util.find_spec("analysis.stage") is not None
+
+
+def add_derived(path: Path, k_neighbours: int = 16) -> None:
+    atlas = open_atlas(path, verify="size")
+    with AtlasWriter.update(path) as w:
+        for L in atlas.layer_ids:
+            p = f"layers/{L}/"
+            W = np.asarray(atlas.array(p + "decoder.npy"), dtype=np.float64)
+            X = W - W.mean(0)
+            _, s, Vt = np.linalg.svd(X, full_matrices=False)
+            w.put_array(p + "coords_pca.npy", (X @ Vt[:3].T).astype(np.float32))
+            w.put_array(p + "coords_umap.npy", (X @ Vt[3:6].T).astype(np.float32))
+            U = W / np.linalg.norm(W, axis=1, keepdims=True)
+            cos = U @ U.T
+            np.fill_diagonal(cos, -np.inf)
+            nb = np.argsort(-cos, axis=1)[:, :k_neighbours].astype(np.int32)
+            w.put_array(p + "neighbors.npy", nb)
+            w.put_array(p + "neighbors_cos.npy", np.take_along_axis(cos, nb, 1).astype(np.float32))
+            planted = np.asarray(atlas.array(p + "planted_lobes.npy")).astype(np.int16)
+            dead = atlas.json(p + "planted.json")["dead"]
+            rows = np.stack([planted // 2, planted]).astype(np.int16)
+            rows[:, dead] = -1
+            w.put_array(p + "lobes_phi.npy", rows)
+            w.put_array(p + "lobes_geometry.npy", rows.copy())
+            w.put_json(p + "brain.json", {"ks": [2, 4], "affinities": ["phi", "geometry"], "dead": dead})
+            faces = atlas.table(p + "planted_crystals.parquet")
+            a, b, c, d = (W[faces[x].to_numpy()] for x in "abcd")
+            e1, e2 = a - b, c - d
+            n1, n2 = np.linalg.norm(e1, axis=1), np.linalg.norm(e2, axis=1)
+            faces = faces[["a", "b", "c", "d", "kind"]].assign(
+                edge_cos=((e1 * e2).sum(1) / (n1 * n2)).astype(np.float32),
+                length_ratio=(n2 / n1).astype(np.float32),
+                closing_error=(np.linalg.norm(e1 - e2, axis=1) / ((n1 + n2) / 2)).astype(np.float32))
+            w.put_table(p + "crystals.parquet", faces)
+            lam = s ** 2 / (len(W) - 1)
+            w.put_array(p + "spectrum.npy", lam)
+            r = np.arange(11, min(150, len(lam)) + 1)
+            slope, icpt = np.polyfit(np.log10(r), np.log10(lam[r - 1]), 1)
+            w.put_json(p + "galaxy.json", {"alpha": float(-slope), "intercept": float(icpt), "ranks": [11, int(r[-1])]})
+
+
+def build_app_atlas(root: Path, n_features: int = 600) -> Path:
+    path = make_synthetic_atlas(root / "syn", n_features=n_features, d_model=48, layers=(0, 1, 2), n_blocks=1200,
+                                seed=0, geometry=False)
+    add_derived(path)
+    return root
+
+
+def app_atlas_root(request, tmp_path_factory) -> Path:
+    """The folder of atlases the app tests serve (``syn`` inside)."""
+    if HAS_STAGE:
+        return request.getfixturevalue("atlas_root")
+    return build_app_atlas(tmp_path_factory.mktemp("app-atlases"))
