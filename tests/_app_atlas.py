@@ -70,4 +70,8 @@ def app_atlas_root(request, tmp_path_factory) -> Path:
     """The folder of atlases the app tests serve (``syn`` inside)."""
     if HAS_STAGE:
         return request.getfixturevalue("atlas_root")
-    return build_app_atlas(tmp_path_factory.mktemp("app-atlases"))
+    root = tmp_path_factory.getbasetemp() / "app-atlases"  # built once per session
+    if not (root / "syn" / "manifest.json").is_file():
+        root.mkdir(exist_ok=True)
+        build_app_atlas(root)
+    return root

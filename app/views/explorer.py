@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
-from dash.exceptions import PreventUpdate
+from dash.exceptions import DependencyException, PreventUpdate
 
 from app.data import AtlasStore, UnknownAtlas, UnknownItem
 from app.state import ViewState, parse_query, resolve
@@ -78,6 +78,8 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
     app = Dash(__name__, assets_folder=str(STATIC), requests_pathname_prefix=prefix, routes_pathname_prefix=prefix,
                title="saegeo", update_title=None, suppress_callback_exceptions=True, serve_locally=True)
     app.layout = page(banner)
+    # A request for a script that is not one of Dash's own is "not found", not a server error.
+    app.server.register_error_handler(DependencyException, lambda e: ("not found", 404))
 
     @app.callback(
         Output("url", "search"), Output("notice", "children"), Output("view", "data"),
@@ -103,7 +105,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
             notes += more
         else:
             st = ViewState(**prev)
-            st = _apply_control(st, prop, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v, q_v,
+            st = _apply_control(store, st, prop, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v, q_v,
                                 click, sclick, relayout)
             st, _ = resolve(st, store)  # a control can only ask for what exists; snap silently
         query = st.to_query()
@@ -181,7 +183,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
     return app
 
 
-def _apply_control(st: ViewState, prop: str, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v, q_v,
+def _apply_control(store: AtlasStore, st: ViewState, prop: str, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v, q_v,
                    click, sclick, relayout) -> ViewState:
     src = prop.rsplit(".", 1)[0]
     if src == "atlas-dd" and atlas_v != st.atlas:
@@ -203,13 +205,7 @@ def _apply_control(st: ViewState, prop: str, atlas_v, layer_v, layout_v, kind_v,
     if src == "q-slider":
         return st.with_(q=float(q_v)) if st.q is not None else st
     if prop == "cloud.clickData":
-        pts = (click or {}).get("points") or [{}]
-        f = pts[0].get("customdata")
-        if isinstance(f, list):
-            f = f[0] if f else None
-        if f is None:
-            raise PreventUpdate
-        return st.with_(f=int(f))
+        return st.with_(f=_clicked_feature(store, st, click))
     if prop == "spectra.clickData":
         pts = (sclick or {}).get("points") or [{}]
         L = pts[0].get("customdata")
@@ -222,6 +218,27 @@ def _apply_control(st: ViewState, prop: str, atlas_v, layer_v, layout_v, kind_v,
         if not eye:
             raise PreventUpdate
         return st.with_(cam=tuple(round(float(eye[c]), 2) for c in "xyz"))
+    raise PreventUpdate
+
+
+def _clicked_feature(store: AtlasStore, st: ViewState, click) -> int:
+    """The feature id of a click on the cloud.
+
+    Dash copies ``customdata`` from ``figure.data``, where typed arrays stay encoded, so the
+    id comes from the point's index: trace 0 holds every feature in order, trace 2 the
+    selected feature then its neighbours.
+    """
+    pt = ((click or {}).get("points") or [{}])[0]
+    curve, idx = pt.get("curveNumber"), pt.get("pointNumber")
+    if isinstance(pt.get("customdata"), int):
+        return pt["customdata"]
+    if curve == 0 and isinstance(idx, int):
+        return idx
+    if curve == 2 and isinstance(idx, int) and st.f is not None:
+        nb, _ = store.neighbours(st.atlas, st.layer, st.f, cloud.N_NEIGHBOURS)
+        pts = [st.f, *map(int, nb)]
+        if idx < len(pts):
+            return pts[idx]
     raise PreventUpdate
 
 

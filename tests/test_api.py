@@ -1,0 +1,251 @@
+"""The JSON API, in process (TestClient) and over HTTP against a real uvicorn server."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from _app_atlas import app_atlas_root
+from analysis.atlas import open_atlas
+from app.server import create_app
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def root(request, tmp_path_factory) -> Path:
+    return app_atlas_root(request, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def client(root) -> TestClient:
+    return TestClient(create_app(root))
+
+
+@pytest.fixture(scope="module")
+def two_atlases(root, tmp_path_factory) -> Path:
+    """``good`` and ``broken`` (a truncated array) side by side."""
+    d = tmp_path_factory.mktemp("two")
+    shutil.copytree(root / "syn", d / "good")
+    shutil.copytree(root / "syn", d / "broken")
+    f = d / "broken" / "layers" / "0" / "fire_count.npy"
+    f.write_bytes(f.read_bytes()[:-16])
+    return d
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(root: Path, banner: str | None = None):
+    """A real uvicorn process serving ``root`` on a free port; returns (process, base url)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "app.server", str(root), "--port", str(port)]
+    if banner:
+        cmd += ["--banner", banner]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("server exited: " + proc.stdout.read().decode(errors="replace")[-2000:])
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not start within 60 s")
+
+
+@pytest.fixture(scope="module")
+def http(root):
+    proc, base = start_server(root)
+    with httpx.Client(base_url=base, timeout=30) as c:
+        yield c
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def check_contract(c):
+    """The same checks in process and over HTTP."""
+    r = c.get("/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok", "atlases": 1}
+
+    r = c.get("/api/atlases")
+    assert r.status_code == 200
+    (a,) = r.json()
+    assert a["name"] == "syn" and a["synthetic"] is True and a["error"] is None
+    assert [(x["layer"], x["n_features"]) for x in a["layers"]] == [(0, 600), (1, 600), (2, 600)]
+
+    r = c.get("/api/atlases/syn")
+    d = r.json()
+    assert r.status_code == 200 and d["synthetic"] and d["model"]["d_model"] == 48
+    assert d["layers"][1]["layouts"] == ["pca", "umap"] and d["layers"][1]["lobes"]["phi"] == [2, 4]
+    assert "decoder.npy" in d["layers"][1]["files"]
+
+    r = c.get("/api/atlases/syn/layers/1/points", params={"layout": "umap", "k": 4})
+    p = r.json()
+    assert r.status_code == 200 and p["n"] == 600 and len(p["x"]) == len(p["z"]) == len(p["frequency"]) == 600
+    assert p["lobes"]["k"] == 4 and len(p["lobes"]["labels"]) == 600 and set(p["lobes"]["labels"]) <= {-1, 0, 1, 2, 3}
+    assert sorted(p["lobes"]["names"]) == ["0", "1", "2", "3"]
+
+    r = c.get("/api/atlases/syn/layers/1/features/42")
+    card = r.json()
+    assert r.status_code == 200 and card["feature"] == 42 and len(card["neighbours"]) == 10
+    cos = [n["cos"] for n in card["neighbours"]]
+    assert cos == sorted(cos, reverse=True) and 42 not in [n["feature"] for n in card["neighbours"]]
+    assert len(card["contexts"]) == 3 and card["contexts"][0]["tokens"][card["contexts"][0]["peak"]]
+    assert card["top_tokens"][0]["count"] >= card["top_tokens"][-1]["count"]
+    assert card["neuronpedia"] is None and card["act_hist"] is not None
+    return card
+
+
+def test_contract_in_process(client):
+    check_contract(client)
+
+
+def test_contract_over_http(http):
+    check_contract(http)
+    assert http.get("/api/atlases/nope").status_code == 404
+    assert http.get("/api/atlases/syn/layers/1/points", params={"layout": "tsne"}).status_code == 422
+    assert "text/html" in http.get("/").headers["content-type"]
+    assert http.get("/openapi.json").json()["paths"]["/api/atlases/{atlas}/layers/{layer}/features/{feature}"]
+
+
+def test_numbers_match_the_atlas(client, root):
+    atlas = open_atlas(root / "syn", verify="size")
+    W = np.asarray(atlas.array("layers/2/decoder.npy"), dtype=np.float64)
+    U = W / np.linalg.norm(W, axis=1, keepdims=True)
+    cos = U @ U[7]
+    cos[7] = -2
+    card = client.get("/api/atlases/syn/layers/2/features/7").json()
+    assert [n["feature"] for n in card["neighbours"]] == list(np.argsort(-cos)[:10])
+    assert card["neighbours"][0]["cos"] == pytest.approx(cos.max(), abs=1e-4)
+    fc = np.asarray(atlas.array("layers/2/fire_count.npy"))
+    assert card["fire_count"] == fc[7] and card["frequency"] == pytest.approx(fc[7] / atlas.manifest.layer(2).n_tokens)
+    xyz = np.asarray(atlas.array("layers/2/coords_pca.npy"))
+    p = client.get("/api/atlases/syn/layers/2/points").json()
+    np.testing.assert_allclose(np.c_[p["x"], p["y"], p["z"]], xyz, rtol=1e-6)
+    # planted lobes come back as the k=4 phi labels
+    planted = np.asarray(atlas.array("layers/2/planted_lobes.npy"))
+    labels = np.asarray(client.get("/api/atlases/syn/layers/2/points", params={"k": 4}).json()["lobes"]["labels"])
+    live = labels >= 0
+    assert (labels[live] == planted[live]).all()
+
+
+def test_crystal_partners_and_faces(client, root):
+    faces = open_atlas(root / "syn", verify="size").table("layers/0/planted_crystals.parquet")
+    a = int(faces["a"].iloc[0])
+    card = client.get(f"/api/atlases/syn/layers/0/features/{a}").json()
+    assert any(x["a"] == a and x["b"] == faces["b"].iloc[0] for x in card["crystals"])
+    rows = client.get("/api/atlases/syn/layers/0/crystals", params={"min_cos": 0.99}).json()
+    assert len(rows) >= 6 and all(r["edge_cos"] >= 0.99 for r in rows)
+    assert {r["kind"] for r in rows} >= {"parallelogram"}
+
+
+def test_lobes_search_spectra(client):
+    lobes = client.get("/api/atlases/syn/layers/0/lobes", params={"k": 4}).json()
+    assert [x["lobe"] for x in lobes["lobes"]] == [0, 1, 2, 3] and sum(x["size"] for x in lobes["lobes"]) >= 590
+    hits = client.get("/api/atlases/syn/layers/0/search", params={"q": "#17"}).json()["hits"]
+    assert hits[0] == {"feature": 17, "why": "feature id"}
+    hits = client.get("/api/atlases/syn/layers/0/search", params={"q": "lemma"}).json()["hits"]
+    assert hits and all(h["why"] in ("top token 'lemma'", "context text") for h in hits)
+    card = client.get(f"/api/atlases/syn/layers/0/features/{hits[0]['feature']}").json()
+    assert "lemma" in [t["token"] for t in card["top_tokens"]]
+    spectra = client.get("/api/atlases/syn/spectra").json()["layers"]
+    assert [s["layer"] for s in spectra] == [0, 1, 2] and len(spectra[0]["eigenvalues"]) == 48
+    # the planted exponent rises to the middle layer
+    assert spectra[1]["fit"]["alpha"] > spectra[0]["fit"]["alpha"] + 0.1
+
+
+def test_export_csv_and_parquet(client):
+    r = client.get("/api/atlases/syn/layers/1/export", params={"features": "3,1,10-12"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    df = pd.read_csv(io.StringIO(r.text))
+    assert list(df["feature"]) == [1, 3, 10, 11, 12] and {"x", "frequency", "lobe_phi_4"} <= set(df.columns)
+    r = client.get("/api/atlases/syn/layers/1/export", params={"format": "parquet"})
+    assert len(pd.read_parquet(io.BytesIO(r.content))) == 600
+    for bad in ("1,x", "5-2", "600"):
+        r = client.get("/api/atlases/syn/layers/1/export", params={"features": bad})
+        assert r.status_code == 422 and "features" in r.json()["detail"]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("/api/atlases/nope", "no atlas named 'nope'"),
+    ("/api/atlases/...", "not a valid atlas name"),
+    ("/api/atlases/syn/layers/9/points", "has no layer 9"),
+    ("/api/atlases/syn/layers/0/features/600", "no feature 600"),
+    ("/api/atlases/syn/layers/0/features/-1", "no feature -1"),
+    ("/api/atlases/syn/layers/0/lobes?k=3", "k=3"),
+    ("/api/nothing/here", "no API route"),
+])
+def test_unknown_things_are_404_with_a_readable_detail(client, url, needle):
+    r = client.get(url)
+    assert r.status_code == 404 and needle in r.json()["detail"]
+
+
+@pytest.mark.parametrize("url", [
+    "/api/atlases/syn/layers/x/points", "/api/atlases/syn/layers/0/points?layout=tsne",
+    "/api/atlases/syn/layers/0/points?k=0", "/api/atlases/syn/layers/0/features/1.5",
+    "/api/atlases/syn/layers/0/points?affinity=cosine", "/api/atlases/syn/layers/0/search?q=",
+])
+def test_bad_parameters_are_422(client, url):
+    r = client.get(url)
+    assert r.status_code == 422 and r.json()["detail"]
+
+
+def test_nothing_outside_the_atlas_folder_is_served(root, client):
+    for url in ("/api/atlases/%2e%2e", "/api/atlases/..%2f..%2fetc", "/assets/..%2f..%2fpyproject.toml",
+                "/assets/%2e%2e/%2e%2e/pyproject.toml", "/_dash-component-suites/..%2f..%2fpyproject.toml"):
+        r = client.get(url)
+        assert "[project]" not in r.text and r.status_code in (200, 400, 404), url  # 200 = the page itself
+    # an atlas path that is not one of the listed atlas folders is unknown
+    (root / ".hidden").mkdir(exist_ok=True)
+    assert client.get("/api/atlases/.hidden").status_code == 404
+
+
+def test_a_corrupted_atlas_gives_its_validation_message(two_atlases):
+    c = TestClient(create_app(two_atlases))
+    listing = {a["name"]: a for a in c.get("/api/atlases").json()}
+    assert listing["good"]["error"] is None and listing["good"]["layers"]
+    assert "fire_count.npy" in listing["broken"]["error"] and "truncated" in listing["broken"]["error"]
+    r = c.get("/api/atlases/broken/layers/0/features/1")
+    assert r.status_code == 503 and "fire_count.npy" in r.json()["detail"] and "Traceback" not in r.text
+    assert c.get("/api/atlases/good/layers/0/features/1").status_code == 200
+
+
+def test_the_server_never_imports_torch(root):
+    code = (
+        "import sys\n"
+        "from fastapi.testclient import TestClient\n"
+        "from app.server import create_app\n"
+        f"c = TestClient(create_app({str(root)!r}))\n"
+        "assert c.get('/api/atlases/syn/layers/0/features/3').status_code == 200\n"
+        "assert c.get('/api/atlases/syn/layers/0/points').status_code == 200\n"
+        "assert c.get('/').status_code == 200\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,69 @@
+"""The permalink: ViewState <-> query string, tolerant parsing, nearest valid view."""
+from __future__ import annotations
+
+import pytest
+
+from _app_atlas import app_atlas_root
+from app.data import AtlasStore
+from app.state import ViewState, parse_query, resolve
+
+
+@pytest.fixture(scope="module")
+def store(request, tmp_path_factory) -> AtlasStore:
+    return AtlasStore(app_atlas_root(request, tmp_path_factory))
+
+
+def test_round_trip_is_short_and_readable():
+    st = ViewState(atlas="demo", layer=10, layout="umap", color="lobe:phi:8", f=123, size=True, q=0.95,
+                   face=3, cam=(1.25, -0.5, 0.75))
+    q = st.to_query()
+    assert q == "?atlas=demo&layer=10&layout=umap&color=lobe:phi:8&size=freq&f=123&q=0.95&face=3&cam=1.25,-0.5,0.75"
+    back, problems = parse_query(q)
+    assert problems == [] and back == st
+    assert ViewState(atlas="a", layer=0).to_query() == "?atlas=a&layer=0&layout=pca&color=lobe"
+
+
+@pytest.mark.parametrize("query, key", [
+    ("layer=ten", "layer"), ("layout=tsne", "layout"), ("color=rainbow", "color"), ("color=lobe:phi:x", "color"),
+    ("f=1e3", "f"), ("q=2", "q"), ("cam=1,2", "cam"), ("cam=a,b,c", "cam"), ("atlas=../etc", "atlas"),
+    ("atlas=..", "atlas"), ("size=huge", "size"),
+])
+def test_malformed_values_are_dropped_with_a_message(query, key):
+    st, problems = parse_query("?" + query)
+    assert len(problems) == 1 and problems[0].startswith(f"ignored {key}=")
+    assert getattr(st, key) == ViewState().__getattribute__(key)
+
+
+def test_unknown_keys_and_huge_links_never_raise():
+    st, problems = parse_query("?atlas=syn&%3Cscript%3E=1&zzz=2")
+    assert st.atlas == "syn" and "unknown parameter" in problems[0]
+    st, problems = parse_query("?f=" + "9" * 5000)
+    assert st == ViewState() and "too long" in problems[0]
+    assert parse_query(None) == (ViewState(), [])
+
+
+def test_markup_in_a_link_is_kept_as_inert_text():
+    st, problems = parse_query("?color=<img src=x onerror=alert(1)>&atlas=<b>x</b>")
+    assert st.color == "lobe" and st.atlas is None
+    # the message quotes the value (repr) as text; the page renders it as text, never as markup
+    assert any("'<img src=x onerror=alert(1)>'" in p for p in problems)
+
+
+def test_resolve_keeps_a_valid_view(store):
+    st = ViewState(atlas="syn", layer=1, layout="umap", color="lobe:phi:4", f=42, q=0.9, face=2)
+    assert resolve(st, store) == (st, [])
+
+
+def test_resolve_moves_to_the_nearest_valid_view(store):
+    st, notes = resolve(ViewState(atlas="nope", layer=7, color="lobe:phi:5", f=10_000, face=999), store)
+    assert (st.atlas, st.layer, st.color, st.f, st.face) == ("syn", 2, "lobe:phi:4", None, None)
+    text = " ".join(notes)
+    for expected in ("no atlas 'nope'", "layer 7", "k=5", "feature 10000", "crystal face 999"):
+        assert expected in text
+    st, notes = resolve(ViewState(atlas="syn", layer=-3, color="geometry:3"), store)
+    assert (st.layer, st.color) == (0, "geometry:2") and len(notes) == 2
+
+
+def test_default_colouring_is_a_lobe_colouring(store):
+    st, notes = resolve(ViewState(), store)
+    assert st.atlas == "syn" and st.layer == 0 and st.color == "lobe:phi:4" and notes == []
