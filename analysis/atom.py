@@ -70,25 +70,39 @@ def load_word_pairs(path: str | Path | None = None) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"word-pair file {path} does not exist")
     sep = "," if path.suffix.lower() == ".csv" else "\t"
+    what = f"word-pair file {path}"
     try:
-        # everything as text: a word such as "NaN" or "911" must stay a word
-        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL,
-                         encoding="utf-8")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValueError(f"word-pair file {path} is not a readable "
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh, delimiter=sep)
+            # (line number, fields) of every non-blank line; blank lines are not pairs
+            numbered = [(reader.line_num, r) for r in reader if any(f.strip() for f in r)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{what} is not a readable UTF-8 "
                          f"{'comma' if sep == ',' else 'tab'}-separated table: {exc}") from exc
-    df.columns = [str(c).strip().lower() for c in df.columns]
+    if not numbered:
+        raise ValueError(f"{what} is not a readable table: it is empty (expected a header row "
+                         f"task, input, output)")
+    header = numbered[0][1]
+    lines = [n for n, _ in numbered[1:]]
+    rows = [r for _, r in numbered[1:]]
+    for line, r in zip(lines, rows):
+        if len(r) != len(header):
+            raise ValueError(f"{what}: line {line} has {len(r)} fields, the header has {len(header)} "
+                             f"({'comma' if sep == ',' else 'tab'}-separated)")
+    # everything stays text: a word such as "NaN" or "911" must stay a word
+    df = pd.DataFrame(rows, columns=header, dtype=str)
+    df.columns = [c.strip().lower() for c in header]
     missing = [c for c in ("task", "input", "output") if c not in df.columns]
     if missing:
-        raise ValueError(f"word-pair file {path} lacks column(s) {missing}; it needs a header "
+        raise ValueError(f"{what} lacks column(s) {missing}; it needs a header "
                          f"row with task, input, output (found {list(df.columns)})")
     df = df[["task", "input", "output"]].apply(lambda s: s.str.strip())
     if len(df) == 0:
-        raise ValueError(f"word-pair file {path} has no pairs")
+        raise ValueError(f"{what} has no pairs")
     empty = (df == "").any(axis=1).to_numpy()
     if empty.any():
-        row = int(np.flatnonzero(empty)[0]) + 2   # 1-based, after the header
-        raise ValueError(f"word-pair file {path}: line {row} has an empty task, input or output")
+        line = lines[int(np.flatnonzero(empty)[0])]
+        raise ValueError(f"{what}: line {line} has an empty task, input or output")
     return df.reset_index(drop=True)
 
 
@@ -211,9 +225,8 @@ def atom_report(h_in: np.ndarray, h_out: np.ndarray, tasks, input_tokens, output
     """
     D = pair_differences(h_in, h_out)
     diag = distractor_diagnosis(D, input_tokens, output_tokens)
-    # PC1 lives in z-scored coordinates; z = (x - mu) / sd, so its raw-space direction is v / sd
-    sd = D.std(axis=0)
-    raw_dir = diag["direction"] / np.where(sd > 0, sd, 1.0)
+    # PC1 lives in z-scored coordinates; x = mu + sd * z maps its direction v to sd * v
+    raw_dir = diag["direction"] * D.std(axis=0)
     lda = lda_silhouette(D, tasks, shrinkage=shrinkage, remove_directions=raw_dir[None])
     distractor = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in diag.items()}
     return {"n_pairs": int(len(D)), "distractor": distractor, "lda": lda}
