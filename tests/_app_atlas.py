@@ -9,14 +9,21 @@ quality, the spectrum) so the app can be tested against known answers either way
 from __future__ import annotations
 
 import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 
 from analysis.atlas import AtlasWriter, open_atlas
 from analysis.synthetic import make_synthetic_atlas
 
+REPO = Path(__file__).resolve().parents[1]
 HAS_STAGE = importlib.util.find_spec("analysis.stage") is not None
 
 
@@ -75,3 +82,31 @@ def app_atlas_root(request, tmp_path_factory) -> Path:
         root.mkdir(exist_ok=True)
         build_app_atlas(root)
     return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(root: Path, banner: str | None = None):
+    """A real uvicorn process serving ``root`` on a free port; returns (process, base url)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "app.server", str(root), "--port", str(port)]
+    if banner:
+        cmd += ["--banner", banner]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("server exited: " + proc.stdout.read().decode(errors="replace")[-2000:])
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not start within 60 s")

@@ -4,10 +4,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +14,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from _app_atlas import app_atlas_root
+from _app_atlas import app_atlas_root, start_server
 from analysis.atlas import open_atlas
 from app.server import create_app
 
@@ -42,34 +40,6 @@ def two_atlases(root, tmp_path_factory) -> Path:
     f = d / "broken" / "layers" / "0" / "fire_count.npy"
     f.write_bytes(f.read_bytes()[:-16])
     return d
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(root: Path, banner: str | None = None):
-    """A real uvicorn process serving ``root`` on a free port; returns (process, base url)."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "app.server", str(root), "--port", str(port)]
-    if banner:
-        cmd += ["--banner", banner]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("server exited: " + proc.stdout.read().decode(errors="replace")[-2000:])
-        try:
-            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start within 60 s")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,191 @@
+"""The real page in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
+
+The server is a real uvicorn process on a free port serving the synthetic atlas. Without the
+browser these tests skip, unless SAEGEO_REQUIRE_BROWSER=1 (CI), where they fail.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import pytest
+
+from _app_atlas import app_atlas_root, start_server
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--enable-unsafe-swiftshader", "--disable-background-networking"]
+GD = "document.querySelector('#cloud .js-plotly-plot')"
+N_POINTS = f"() => {{ const g = {GD}; return g && g._fullData && g._fullData[0] ? g._fullData[0].x.length : -1; }}"
+
+
+def _need_browser():
+    why = None
+    if not Path(CHROMIUM).is_file():
+        why = f"{CHROMIUM} is missing (apt-get install chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            why = "python playwright is not installed"
+    if why:
+        if os.environ.get("SAEGEO_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"browser tests required (SAEGEO_REQUIRE_BROWSER=1) but {why}")
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def server(request, tmp_path_factory):
+    _need_browser()
+    proc, base = start_server(app_atlas_root(request, tmp_path_factory))
+    yield base
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = ctx.new_page()
+    pg.errors = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    yield pg
+    ctx.close()
+
+
+def open_view(page, url: str, n: int = 600):
+    page.goto(url)
+    page.wait_for_function(f"() => ({N_POINTS})() === {n}", timeout=45_000)
+
+
+def query(page) -> dict:
+    return {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
+
+
+def card_feature(page) -> int:
+    page.wait_for_selector("#card-title", timeout=15_000)
+    return int(re.search(r"\d+", page.text_content("#card-title")).group())
+
+
+def test_cloud_click_card_and_permalink(server, browser, page):
+    # The first response carrying the cloud figure: coordinates must travel as typed arrays.
+    figures = []
+
+    def grab(resp):
+        if "_dash-update-component" in resp.url and not figures:
+            try:
+                body = resp.json()
+            except Exception:  # noqa: BLE001 - a response without a body (navigation) is not ours
+                return
+            if "cloud" in body.get("response", {}):
+                figures.append((body["response"]["cloud"]["figure"], len(resp.body())))
+
+    page.on("response", grab)
+    open_view(page, f"{server}/?atlas=syn&layer=1&layout=pca&color=lobe:phi:4")
+    # WebGL scene drew all 600 features
+    assert page.locator("#cloud canvas").count() >= 1
+    assert page.evaluate(f"() => {GD}._fullData[0].type") == "scatter3d"
+    assert page.is_visible("#synthetic-banner") and "Synthetic atlas" in page.text_content("#synthetic-banner")
+    fig, nbytes = figures[0]
+    trace = fig["data"][0]
+    assert set(trace["x"]) == {"dtype", "bdata"} and trace["x"]["dtype"] == "f4"
+    assert set(trace["marker"]["color"]) == {"dtype", "bdata"}
+    legend = page.locator("#legend .lrow").all_text_contents()
+    assert len(legend) == 5 and legend[0].startswith("–") and "(" in legend[1]
+
+    # a click on point 123 (plotly's own click event) opens its card and changes the URL
+    page.evaluate(f"() => {GD}.emit('plotly_click', {{points: [{{curveNumber: 0, pointNumber: 123}}]}})")
+    page.wait_for_function("() => new URLSearchParams(location.search).get('f') === '123'", timeout=15_000)
+    assert card_feature(page) == 123
+    api = httpx.get(f"{server}/api/atlases/syn/layers/1/features/123").json()
+    shown = [int(x.strip("#")) for x in page.locator("#card-neighbours a").all_text_contents()]
+    assert shown == [n["feature"] for n in api["neighbours"]]
+    assert page.locator("#card-contexts mark").count() == 3  # peak token highlighted in each context
+    # neighbour edges drawn: 10 segments of 3 vertices (the third a gap)
+    assert page.evaluate(f"() => {GD}._fullData[1].x.length") == 30
+
+    # a neighbour link is a permalink followed without reloading the page
+    page.evaluate("() => { window.__same_page = true; }")
+    page.click("#card-neighbours li:nth-child(2) a")
+    second = shown[1]
+    page.wait_for_function(f"() => new URLSearchParams(location.search).get('f') === '{second}'", timeout=15_000)
+    page.wait_for_function(f"() => document.querySelector('#card-title').textContent === 'Feature {second}'")
+    assert page.evaluate("() => window.__same_page") is True
+    url = page.url
+
+    # the URL restores the same view in a fresh page
+    fresh = browser.new_page(viewport={"width": 1200, "height": 800})
+    try:
+        open_view(fresh, url)
+        assert card_feature(fresh) == second
+        assert query(fresh)["layer"] == "1" and query(fresh)["f"] == str(second)
+        assert "layer 1" in fresh.text_content("#layer-dd")
+        assert fresh.evaluate(f"() => {GD}._fullData[2].x.length") == 11  # selected + 10 neighbours
+    finally:
+        fresh.close()
+    assert page.errors == []
+
+
+def test_a_bad_link_opens_the_nearest_view_with_a_notice(server, page):
+    bad = (f"{server}/?atlas=nope&layer=7&layout=tsne&color=%3Cimg%20src%3Dx%20onerror%3Dwindow.__x%3D1%3E"
+           "&f=99999&%3Cscript%3Ewindow.__y%3D1%3C%2Fscript%3E=1")
+    open_view(page, bad)
+    notice = page.text_content("#notice-box")
+    for expected in ("no atlas 'nope'", "layer 7", "ignored layout='tsne'", "<img src=x onerror=window.__x=1>"):
+        assert expected in notice
+    # nothing from the link became markup
+    assert page.locator("#notice img, #notice script").count() == 0
+    assert page.evaluate("() => [window.__x, window.__y]") == [None, None]
+    q = query(page)
+    assert (q["atlas"], q["layer"], q["layout"]) == ("syn", "2", "pca") and "f" not in q
+    assert page.errors == []
+
+
+def test_partial_updates_keep_the_figure_and_overlays_draw(server, page):
+    open_view(page, f"{server}/?atlas=syn&layer=0&layout=pca&color=lobe:phi:4&f=5")
+    card_feature(page)
+    page.evaluate(f"() => {{ window.__gd = {GD}; }}")
+    bodies = []
+
+    def grab(resp):
+        if "_dash-update-component" in resp.url:
+            try:
+                bodies.append(resp.json())
+            except Exception:  # noqa: BLE001 - a response without a body
+                pass
+
+    page.on("response", grab)
+    page.check("#size-check input")
+    page.wait_for_function(f"() => Array.isArray({GD}._fullData[0].marker.size) || "
+                           f"ArrayBuffer.isView({GD}._fullData[0].marker.size)", timeout=15_000)
+    # the update was a Patch: only marker size went over the wire, not the coordinates
+    cloud_updates = [b["response"]["cloud"]["figure"] for b in bodies if "cloud" in b.get("response", {})]
+    assert cloud_updates and all("__dash_patch_update" in u for u in cloud_updates)
+    touched = [op["location"] for u in cloud_updates for op in u["operations"]]
+    assert ["data", 0, "marker", "size"] in touched and all(loc[:2] != ["data", 0] or loc[2] == "marker"
+                                                            for loc in touched)
+    assert page.evaluate(f"() => window.__gd === {GD}")  # same graph, not a redraw from scratch
+    assert query(page)["size"] == "freq"
+
+    page.check("#crystal-check input")
+    page.wait_for_function(f"() => {GD}._fullData[3].i && {GD}._fullData[3].i.length > 0", timeout=15_000)
+    assert query(page)["q"] == "0.9"
+    # layout switch moves the points, keeps the selection
+    page.check("#layout-radio input[value=umap]")
+    page.wait_for_function("() => new URLSearchParams(location.search).get('layout') === 'umap'")
+    assert card_feature(page) == 5
+    assert page.errors == []
