@@ -301,3 +301,15 @@ def test_context_ties_keep_first_fed_document_and_first_position():
     ctx = st.finalize().contexts
     assert ctx.doc.tolist() == [7, 3]
     assert ctx.tokens.tolist() == [["t0", "t1"], ["t7", "t8"]]
+
+
+def test_empty_and_silent_inputs():
+    st = LayerStats(4, ["a"], VOCAB)
+    r = st.finalize()                                   # nothing fed at all
+    assert r.n_tokens == r.n_blocks == 0 and r.cooc.shape == (4, 4) and r.cooc.nnz == 0
+    assert len(r.contexts) == len(r.top_tokens) == 0 and r.blocks.shape == (0, 4)
+    st.update(torch.zeros(2, 300, 4), torch.zeros(2, 300, dtype=torch.long), [0, 1], [0, 0],
+              lengths=[300, 100])                       # nothing fires
+    r = st.finalize()
+    assert (r.n_tokens, r.n_blocks) == (400, 1) and r.cooc.nnz == 0
+    assert r.blocks.shape == (1, 4) and r.blocks.nnz == 0 and r.block_subset.tolist() == [0]
