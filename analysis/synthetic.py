@@ -62,7 +62,7 @@ def _plant_crystals(rng, W, n_par, n_trap, ratio, noise):
             pos += 4
             # edge e of typical size, applied to b and to c
             e = rng.normal(size=d)
-            e *= 0.6 * scale / np.linalg.norm(e)
+            e *= 0.25 * scale / np.linalg.norm(e)
             r = 1.0 if kind == "parallelogram" else ratio
             W[a] = W[b] + e + noise * scale * rng.normal(size=d) / np.sqrt(d)
             W[c] = W[d_] + r * e + noise * scale * rng.normal(size=d) / np.sqrt(d)
@@ -73,7 +73,7 @@ def _plant_crystals(rng, W, n_par, n_trap, ratio, noise):
 
 def make_layer(rng: np.random.Generator, n_features: int, d_model: int, n_lobes: int, alpha: float,
                n_blocks: int, block_size: int, n_parallelograms: int, n_trapezoids: int,
-               trapezoid_ratio: float = 2.0, separation: float = 3.0, p_in: float = 0.35,
+               trapezoid_ratio: float = 1.6, separation: float = 3.0, p_in: float = 0.35,
                p_out: float = 0.003, crystal_noise: float = 0.01, subsets: list[str] | None = None) -> dict:
     """Arrays and tables of one synthetic layer (names as in docs/atlas.md)."""
     subsets = subsets or SUBSETS[:n_lobes]
