@@ -362,7 +362,12 @@ class LayerStats:
             if self.since_fold + nb >= _F32_EXACT:
                 self._fold()
             B = torch.cat(parts).float()
-            self.cooc_f32.addmm_(B.T, B)
+            # C is symmetric: accumulate only row tiles left of (and including) the diagonal
+            # tile, about half of the full product; finalize mirrors the lower triangle.
+            tile = max(256, -(-self.F // 16))
+            for r0 in range(0, self.F, tile):
+                r1 = min(self.F, r0 + tile)
+                self.cooc_f32[r0:r1, :r1].addmm_(B[:, r0:r1].T, B[:, :r1])
             self.since_fold += nb
         else:
             offset, rows, cols = 0, [], []
@@ -447,13 +452,18 @@ class LayerStats:
         F, S, H, V = self.F, len(self.subsets), len(self.edges) - 1, len(self.vocab)
         self._flush_cooc()
         if self.dense:
-            total = torch.zeros(F, F, dtype=torch.int64, device=self.device)
+            cooc = sp.csr_matrix((F, F), dtype=np.int64)
             if self.cooc_f32 is not None:
-                total += self.cooc_f32.to(torch.int64)
-            if self.cooc_i64 is not None:
-                total += self.cooc_i64
-            cooc = sp.csr_matrix(total.cpu().numpy())
-            del total
+                low = self.cooc_f32.to(torch.int64)
+                if self.cooc_i64 is not None:
+                    low += self.cooc_i64
+                diag = low.diagonal().clone()
+                low.tril_(-1)                       # the valid (lower) triangle, see _flush_cooc
+                full = low + low.T
+                del low
+                full.diagonal().copy_(diag)
+                cooc = _dense_to_csr(full.cpu().numpy())
+                del full
         else:
             cooc = self.cooc_csr.copy()
             if self.cooc_topk is not None:
@@ -502,6 +512,16 @@ class LayerStats:
         return pd.DataFrame({"feature": feat.astype(np.int32), "rank": rank.astype(np.int16),
                              "token": [self.vocab[i] for i in tok],
                              "count": counts.astype(np.int64)})
+
+
+def _dense_to_csr(a: np.ndarray) -> sp.csr_matrix:
+    """CSR of a dense 2-D array (faster than scipy's route through COO)."""
+    flat = np.flatnonzero(a)
+    indptr = np.zeros(a.shape[0] + 1, np.int64)
+    np.cumsum(np.count_nonzero(a, axis=1), out=indptr[1:])
+    idx_dtype = np.int32 if a.shape[1] < 2 ** 31 and len(flat) < 2 ** 31 else np.int64
+    return sp.csr_matrix((a.ravel()[flat], (flat % a.shape[1]).astype(idx_dtype),
+                          indptr.astype(idx_dtype)), shape=a.shape)
 
 
 def _firing_indices(acts: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -313,3 +313,24 @@ def test_empty_and_silent_inputs():
     r = st.finalize()
     assert (r.n_tokens, r.n_blocks) == (400, 1) and r.cooc.nnz == 0
     assert r.blocks.shape == (1, 4) and r.blocks.nnz == 0 and r.block_subset.tolist() == [0]
+
+
+def test_wide_dense_tiles_match_stored_blocks_and_sparse_path():
+    """F = 700 spans several row tiles of the dense (lower-triangle) accumulation."""
+    g = torch.Generator().manual_seed(5)
+    F, kw = 700, dict(block_size=16, max_stored_blocks=10 ** 6, cooc_chunk_blocks=20)
+    dense_st = LayerStats(F, ["a", "b"], VOCAB, **kw)
+    sparse_st = LayerStats(F, ["a", "b"], VOCAB, dense_max_features=0, **kw)
+    for i in range(3):
+        acts = 3 * torch.rand(4, 64, F, generator=g) * (torch.rand(4, 64, F, generator=g) < 0.01)
+        args = (acts, torch.randint(0, 50, (4, 64), generator=g), torch.arange(4) + 4 * i,
+                torch.tensor([0, 1, 0, 1]), torch.tensor([64, 50, 33, 16]))
+        dense_st.update(*args)
+        sparse_st.update(*args)
+    d, s = dense_st.finalize(), sparse_st.finalize()
+    B = d.blocks.astype(np.int64)
+    assert B.shape[0] == d.n_blocks == 3 * (4 + 3 + 2 + 1)
+    expected = dense(B.T @ B)
+    assert expected[np.triu_indices(F, 1)].sum() > 1000        # many off-diagonal pairs
+    np.testing.assert_array_equal(dense(d.cooc), expected)
+    np.testing.assert_array_equal(dense(s.cooc), expected)
