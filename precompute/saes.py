@@ -1,0 +1,277 @@
+"""SAEs: load anything sae-lens loads, check it fits the model, or train one here with sae-lens.
+
+* ``load_sae(spec)``: ``spec`` is a local folder saved by sae-lens (``SAE.load_from_disk``), or
+  ``release/sae_id`` of sae-lens' pretrained directory (``SAE.from_pretrained``), e.g.
+  ``gpt2-small-res-jb/blocks.8.hook_resid_pre`` or
+  ``gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical``.
+* ``check_fit(loaded, model, layer)``: refuses an SAE whose input width or hook does not
+  match the model.
+* ``train_sae(acts, hook, ...)``: a TopK SAE (Gao et al. 2024) trained with sae-lens' own
+  ``TopKTrainingSAE`` and ``SAETrainer`` on captured activations, returned as the inference
+  ``TopKSAE`` after a save/load round trip through the sae-lens disk format (so a trained
+  SAE is loaded exactly like a pretrained one), with its training settings and metrics.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from precompute.errors import SAEError
+from precompute.models import LoadedModel, hook_name, hub_error, hub_reachable, parse_hook
+
+
+@dataclass
+class LoadedSAE:
+    """An sae-lens SAE with where it came from and the hook it reads."""
+
+    sae: object                 # sae_lens.SAE
+    source: str                 # "sae-lens:<release>/<sae_id>", a local path, or "trained"
+    hook: str                   # e.g. "blocks.12.hook_resid_post"
+    layer: int
+    architecture: str
+    neuronpedia: str | None = None
+    training: dict | None = None
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        return int(self.sae.cfg.d_sae)
+
+    @property
+    def d_in(self) -> int:
+        return int(self.sae.cfg.d_in)
+
+    def decoder(self) -> np.ndarray:
+        """Decoder rows W_dec, float32 [F, d]."""
+        return self.sae.W_dec.detach().float().cpu().numpy()
+
+
+def _wrap(sae, source: str, neuronpedia: str | None = None) -> LoadedSAE:
+    hook = sae.cfg.metadata.hook_name
+    if not hook:
+        raise SAEError(f"SAE {source} does not say which hook it reads (cfg.metadata.hook_name is empty)")
+    try:
+        layer, _ = parse_hook(hook)
+    except Exception:
+        raise SAEError(f"SAE {source} reads hook {hook!r}, which saegeo cannot capture; supported: "
+                       f"blocks.<L>.hook_resid_pre / hook_resid_post / hook_attn_out / hook_mlp_out") from None
+    return LoadedSAE(sae=sae, source=source, hook=hook, layer=layer, architecture=sae.cfg.architecture(),
+                     neuronpedia=neuronpedia)
+
+
+def _split_release(spec: str) -> tuple[str, str]:
+    """Split ``release/sae_id`` at the longest prefix that is a known release."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    parts = spec.split("/")
+    for i in range(len(parts) - 1, 0, -1):
+        release = "/".join(parts[:i])
+        if release in directory:
+            return release, "/".join(parts[i:])
+    head = parts[0]
+    close = difflib.get_close_matches(head, list(directory), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise SAEError(f"unknown SAE {spec!r}: not a local folder and no sae-lens release matches "
+                   f"(expected release/sae_id, e.g. gpt2-small-res-jb/blocks.8.hook_resid_pre).{hint}")
+
+
+def load_sae(spec: str, device: str | torch.device = "cpu") -> LoadedSAE:
+    """Load an SAE from a local sae-lens folder or sae-lens' pretrained directory.
+
+    Raises ``SAEError`` for unknown releases or ids, unreadable folders, or no network.
+    """
+    from sae_lens import SAE
+
+    spec = str(spec)
+    if spec.startswith("sae-lens:"):
+        spec = spec[len("sae-lens:"):]
+    device = str(device)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "cfg.json").is_file():
+            raise SAEError(f"{path} is not an SAE saved by sae-lens (no cfg.json)")
+        try:
+            sae = SAE.load_from_disk(path, device=device)
+        except Exception as e:  # noqa: BLE001 - any failure to read the folder is the same problem
+            raise SAEError(f"could not load the SAE in {path}: {str(e).splitlines()[0]}") from None
+        return _wrap(sae, str(path.resolve()))
+
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    release, sae_id = _split_release(spec)
+    lookup = get_pretrained_saes_directory()[release]
+    if sae_id not in lookup.saes_map:
+        close = difflib.get_close_matches(sae_id, list(lookup.saes_map), n=3, cutoff=0.3)
+        some = close or list(lookup.saes_map)[:3]
+        raise SAEError(f"release {release!r} has no SAE {sae_id!r}; for example: {', '.join(some)}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sae = SAE.from_pretrained(release, sae_id, device=device)
+    except Exception as e:  # noqa: BLE001 - the Hub client raises many types
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if not hub_reachable():
+            raise SAEError(hub_error("SAE", f"{release}/{sae_id}")
+                           .replace("Use a local folder", "Save it with SAE.save_model on a machine with "
+                                    "network access and pass that folder")) from None
+        raise SAEError(f"could not load SAE {release}/{sae_id}: {msg}") from None
+    return _wrap(sae, f"sae-lens:{release}/{sae_id}", lookup.neuronpedia_id.get(sae_id))
+
+
+def check_fit(loaded: LoadedSAE, model: LoadedModel, layer: int | None = None) -> None:
+    """Refuse an SAE that does not fit ``model`` (and, if given, the requested ``layer``)."""
+    if loaded.d_in != model.d_model:
+        raise SAEError(f"SAE {loaded.source} reads vectors of width {loaded.d_in}, but {model.name} "
+                       f"has d_model = {model.d_model}: this SAE was trained for another model")
+    if not 0 <= loaded.layer < model.n_layers:
+        raise SAEError(f"SAE {loaded.source} reads {loaded.hook}, but {model.name} has layers "
+                       f"0..{model.n_layers - 1}: this SAE was trained for another model")
+    if layer is not None and loaded.layer != layer:
+        raise SAEError(f"SAE {loaded.source} reads {loaded.hook} (layer {loaded.layer}), not layer {layer}; "
+                       f"list the layers in the same order as the SAEs, or leave the layers out")
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+@torch.no_grad()
+def reconstruction_metrics(sae, acts: np.ndarray | torch.Tensor, threshold: float = 0.0,
+                           batch: int = 4096) -> dict:
+    """Explained variance ``1 - sum|x - x_hat|^2 / sum|x - mean x|^2``, mean L0 (features
+    with activation > ``threshold`` per token) and dead features (never above it) of
+    ``sae`` on activations [N, d]."""
+    x_all = torch.as_tensor(np.asarray(acts, dtype=np.float32)) if not torch.is_tensor(acts) else acts.float()
+    dev = sae.W_dec.device
+    mean = x_all.double().mean(0).to(dev)
+    sse = sst = l0 = 0.0
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=dev)
+    for i in range(0, len(x_all), batch):
+        x = x_all[i:i + batch].to(dev)
+        f = sae.encode(x)
+        xh = sae.decode(f)
+        sse += float(((x - xh).double() ** 2).sum())
+        sst += float(((x.double() - mean) ** 2).sum())
+        on = f > threshold
+        l0 += float(on.sum())
+        fired |= on.any(0)
+    n = max(len(x_all), 1)
+    return {"explained_variance": 1.0 - sse / sst if sst > 0 else float("nan"), "l0": l0 / n,
+            "dead_features": int((~fired).sum()), "n_tokens": int(len(x_all))}
+
+
+# ---------------------------------------------------------------------- training
+
+
+def _batches(acts: np.ndarray, batch: int, seed: int, device):
+    """Endless minibatches of rows of ``acts``, reshuffled every epoch (seeded)."""
+    rng = np.random.default_rng(seed)
+    n = len(acts)
+    while True:
+        order = rng.permutation(n)
+        for i in range(0, n - batch + 1, batch):
+            idx = np.sort(order[i:i + batch])   # sorted reads are faster on a memmap
+            yield torch.from_numpy(np.asarray(acts[idx], dtype=np.float32)).to(device)
+
+
+def train_sae(acts: np.ndarray, hook: str, model_name: str = "", width: int = 2048, k: int = 32,
+              n_samples: int | None = None, batch_size: int = 1024, lr: float | None = None,
+              seed: int = 0, device: str | torch.device = "cpu", progress: bool = True) -> LoadedSAE:
+    """Train a TopK SAE on activations with sae-lens' ``TopKTrainingSAE`` + ``SAETrainer``.
+
+    Parameters
+    ----------
+    acts : [N, d] float activations of ``hook`` (BOS positions excluded by the caller).
+    width, k : number of features F and active features per token (TopK, Gao et al. 2024).
+    n_samples : training samples seen (default 4 epochs over ``acts``).
+    batch_size : samples per step. lr : Adam learning rate (default ``2e-4 / sqrt(F / 2**14)``,
+        the scaling law of Gao et al.). Inputs are normalised to mean squared norm d_in
+        (sae-lens ``expected_average_only_in``; folded back into the weights at the end).
+    seed : weight initialisation and data order.
+
+    Returns the inference SAE (decoder rows folded to unit norm), loaded back through
+    ``SAE.load_from_disk`` from a folder written by ``save_inference_model``, with
+    ``training`` settings and ``metrics`` on the training activations.
+    """
+    from sae_lens import SAE
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    layer, _ = parse_hook(hook)
+    n, d = acts.shape
+    if n < batch_size:
+        batch_size = max(1, n)
+    n_samples = int(n_samples or 4 * n)
+    lr = float(lr or 2e-4 / math.sqrt(width / 2 ** 14))
+    steps = max(1, n_samples // batch_size)
+    device = str(device)
+    torch.manual_seed(seed)
+    cfg = TopKTrainingSAEConfig(
+        d_in=d, d_sae=width, k=k, device=device, normalize_activations="expected_average_only_in",
+        metadata=SAEMetadata(model_name=model_name, hook_name=hook, prepend_bos=True))
+    sae = TopKTrainingSAE(cfg)
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=steps * batch_size, train_batch_size_samples=batch_size, lr=lr,
+        lr_end=0.0, lr_warm_up_steps=max(1, steps // 20), lr_decay_steps=steps // 5, device=device,
+        dead_feature_window=max(50, steps // 10), feature_sampling_window=max(100, steps // 5),
+        n_batches_for_norm_estimate=max(1, min(50, n // batch_size)))
+    trainer = SAETrainer(trainer_cfg, sae, _batches(acts, batch_size, seed, device))
+    with torch.random.fork_rng(devices=[]), _quiet_progress(progress):
+        torch.manual_seed(seed)
+        sae = trainer.fit()
+    sae.fold_W_dec_norm()   # unit decoder rows: the point cloud of METHODS is the directions
+    with tempfile.TemporaryDirectory() as tmp:
+        sae.save_inference_model(tmp)
+        inference = SAE.load_from_disk(tmp, device=device)
+    training = {
+        "trainer": "sae_lens.SAETrainer", "architecture": "topk", "width": width, "k": k,
+        "n_train_tokens": int(n), "n_samples": steps * batch_size, "batch_size": batch_size,
+        "steps": steps, "lr": lr, "lr_warm_up_steps": trainer_cfg.lr_warm_up_steps,
+        "lr_decay_steps": trainer_cfg.lr_decay_steps, "normalize_activations": "expected_average_only_in",
+        "aux_loss_coefficient": cfg.aux_loss_coefficient, "seed": seed,
+    }
+    metrics = reconstruction_metrics(inference, acts, threshold=0.0)
+    out = _wrap(inference, "trained")
+    out.layer, out.training, out.metrics = layer, training, {f"train_{k_}": v for k_, v in metrics.items()}
+    return out
+
+
+class _quiet_progress:
+    """Silence sae-lens' own progress bar when ``progress`` is False."""
+
+    def __init__(self, progress: bool):
+        self.progress = progress
+
+    def __enter__(self):
+        if not self.progress:
+            import sae_lens.training.sae_trainer as st
+
+            self._orig = st.tqdm
+            st.tqdm = lambda *a, **kw: self._orig(*a, **{**kw, "disable": True})
+        return self
+
+    def __exit__(self, *exc):
+        if not self.progress:
+            import sae_lens.training.sae_trainer as st
+
+            st.tqdm = self._orig
+
+
+def save_sae(loaded: LoadedSAE, path: str | Path) -> Path:
+    """Save in sae-lens format (``SAE.load_from_disk`` reads it back)."""
+    path = Path(path)
+    loaded.sae.save_model(path)
+    return path
+
+
+def default_hook(layer: int) -> str:
+    return hook_name(layer, "resid_post")
