@@ -1,0 +1,83 @@
+"""Galaxy scale (METHODS 3): spectrum, power law, entropy."""
+import numpy as np
+import pytest
+
+from analysis import galaxy
+
+
+def planted_power_law(n_features, d, alpha, seed=0):
+    """Decoder whose covariance has eigenvalues exactly ∝ r^-alpha: orthonormal centred
+    columns scaled by sqrt((F-1) λ), rotated by a random orthogonal matrix."""
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((n_features, d)) - 0.0)
+    Q -= Q.mean(axis=0)
+    Q, _ = np.linalg.qr(Q)                       # orthonormal and (numerically) centred
+    lam = np.arange(1, d + 1, dtype=float) ** -alpha
+    R, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    return (Q * np.sqrt((n_features - 1) * lam)) @ R + 0.3, lam
+
+
+@pytest.mark.parametrize("alpha", [0.24, 0.49])
+def test_planted_power_law_exponent_recovered(alpha):
+    W, lam = planted_power_law(1200, 200, alpha)
+    spec = galaxy.spectrum(W)
+    assert np.all(np.diff(spec) <= 1e-12)           # descending
+    np.testing.assert_allclose(spec, lam, rtol=1e-6, atol=1e-9)
+    fit = galaxy.power_law_fit(spec)
+    assert fit["ranks"] == [11, 150]
+    assert abs(fit["alpha"] - alpha) <= 0.02
+    assert fit["ci95"] >= 0
+
+
+def test_sampled_power_law_cloud_recovers_exponent():
+    # a Gaussian cloud with that covariance, many more points than dimensions
+    rng = np.random.default_rng(1)
+    d, alpha = 160, 0.4
+    W = rng.standard_normal((40000, d)) * np.arange(1, d + 1) ** (-alpha / 2)
+    fit = galaxy.power_law_fit(galaxy.spectrum(W))
+    assert abs(fit["alpha"] - alpha) <= 0.02
+    assert fit["ranks"] == [11, 150]
+
+
+def test_isotropic_slope_near_zero_and_small_d_clipped():
+    iso = galaxy.isotropic_baseline(40000, 200, seed=0)
+    # Marchenko-Pastur spread of a finite isotropic sample: small, far below planted 0.24+
+    assert abs(iso["slope"]) < 0.1 and iso["slope"] == -iso["alpha"]
+    assert galaxy.fit_ranks(64) == (11, 64)
+    assert galaxy.fit_ranks(12) == (1, 12)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_kl_entropy_matches_gaussian_within_bootstrap_error(d):
+    rng = np.random.default_rng(d)
+    sd = np.linspace(0.5, 2.0, d)
+    X = rng.standard_normal((5000, d)) * sd
+    truth = galaxy.gaussian_entropy(sd ** 2)
+    est = galaxy.kl_entropy(X, k=1, n_bootstrap=30)
+    assert est["std"] > 0
+    assert abs(est["mean"] - truth) <= 3 * est["std"]   # 3 bootstrap sigma
+
+
+def test_clustering_entropy_negentropy_and_published_variant():
+    rng = np.random.default_rng(0)
+    # two well separated blobs are far from Gaussian: large negentropy
+    W = np.concatenate([rng.standard_normal((600, 8)) + 8, rng.standard_normal((600, 8)) - 8])
+    W = np.concatenate([W, rng.standard_normal((1200, 8)) * 0.1], axis=1)
+    blob = galaxy.clustering_entropy(W, n_samples=1000, n_components=5, n_bootstrap=10)
+    gauss = galaxy.clustering_entropy(rng.standard_normal((1200, 16)), n_samples=1000,
+                                      n_components=5, n_bootstrap=10)
+    assert blob["n_samples"] == 1000 and blob["n_components"] == 5
+    assert blob["negentropy"] > 1.0
+    assert abs(gauss["negentropy"]) < 4 * gauss["negentropy_std"] + 0.05
+    pub = galaxy.clustering_entropy(W, n_samples=1000, n_components=5, n_bootstrap=10,
+                                    estimator="published")
+    assert pub["estimator"] == "published" and pub["entropy"] != blob["entropy"]
+    with pytest.raises(ValueError):
+        galaxy.clustering_entropy(W, estimator="nope")
+
+
+def test_pca_view_scaled_by_sqrt_eigenvalues():
+    W, lam = planted_power_law(500, 20, 1.0, seed=2)
+    coords, axes, ev = galaxy.pca_view(W)
+    np.testing.assert_allclose(ev, lam[:3], rtol=1e-6)
+    np.testing.assert_allclose(coords.var(axis=0, ddof=1), lam[:3], rtol=1e-6)
