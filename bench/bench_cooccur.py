@@ -10,7 +10,7 @@ features drawn from a Zipf(1) feature-frequency law, values 1 + Exp(1)), documen
 tokens after BOS, batches of 8 documents. Generation is not timed. The co-occurrence counts of
 both are checked for equality.
 
-    python bench/bench_cooccur.py            # F = 4096, 1024 blocks (reference takes ~2 min)
+    python bench/bench_cooccur.py            # F = 4096, 2048 blocks (the reference takes 1-2 min)
     python bench/bench_cooccur.py --quick    # F = 1024, 256 blocks
     python bench/bench_cooccur.py --device cuda
 """
@@ -65,7 +65,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     F = args.features or (1024 if args.quick else 4096)
-    n_blocks = args.blocks or (256 if args.quick else 1024)
+    n_blocks = args.blocks or (256 if args.quick else 2048)
     seq_len, block_size, n_docs, threshold = 1024, 256, 8, 1.0
     blocks_per_batch = n_docs * (seq_len // block_size)
     n_batches = max(1, n_blocks // blocks_per_batch)

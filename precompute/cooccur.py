@@ -432,11 +432,7 @@ class LayerStats:
         parts = self.tok_pending + ([(self.tok_keys, self.tok_counts)] if merged else [])
         if not parts:
             return self.tok_keys[:0], self.tok_counts[:0]
-        keys = torch.cat([p[0] for p in parts])
-        u = _count_unique(keys)[0]
-        counts = torch.zeros_like(u)
-        counts.index_add_(0, torch.searchsorted(u, keys), torch.cat([p[1] for p in parts]))
-        return u, counts
+        return _sum_by_key(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
 
     def _prune_tokens(self):
         V = len(self.vocab)
@@ -454,14 +450,9 @@ class LayerStats:
         if self.dense:
             cooc = sp.csr_matrix((F, F), dtype=np.int64)
             if self.cooc_f32 is not None:
-                low = self.cooc_f32.to(torch.int64)
+                full = _mirror_lower(self.cooc_f32)             # float32, still exact
                 if self.cooc_i64 is not None:
-                    low += self.cooc_i64
-                diag = low.diagonal().clone()
-                low.tril_(-1)                       # the valid (lower) triangle, see _flush_cooc
-                full = low + low.T
-                del low
-                full.diagonal().copy_(diag)
+                    full = full.to(torch.int64) + _mirror_lower(self.cooc_i64)
                 cooc = _dense_to_csr(full.cpu().numpy())
                 del full
         else:
@@ -514,13 +505,21 @@ class LayerStats:
                              "count": counts.astype(np.int64)})
 
 
+def _mirror_lower(x: torch.Tensor) -> torch.Tensor:
+    """Symmetric matrix from the lower triangle (diagonal included) of x."""
+    low = torch.tril(x, -1)
+    full = low + low.T              # disjoint supports: no sums, exact in any dtype
+    full.diagonal().copy_(x.diagonal())
+    return full
+
+
 def _dense_to_csr(a: np.ndarray) -> sp.csr_matrix:
-    """CSR of a dense 2-D array (faster than scipy's route through COO)."""
+    """int64 CSR of a dense 2-D array of integer values (faster than scipy's COO route)."""
     flat = np.flatnonzero(a)
     indptr = np.zeros(a.shape[0] + 1, np.int64)
     np.cumsum(np.count_nonzero(a, axis=1), out=indptr[1:])
     idx_dtype = np.int32 if a.shape[1] < 2 ** 31 and len(flat) < 2 ** 31 else np.int64
-    return sp.csr_matrix((a.ravel()[flat], (flat % a.shape[1]).astype(idx_dtype),
+    return sp.csr_matrix((a.ravel()[flat].astype(np.int64), (flat % a.shape[1]).astype(idx_dtype),
                           indptr.astype(idx_dtype)), shape=a.shape)
 
 
@@ -532,14 +531,27 @@ def _firing_indices(acts: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def _count_unique(keys: torch.Tensor):
-    """Sorted unique values of an int64 tensor and their counts (numpy's sort is much faster
-    than torch.unique on the CPU)."""
+    """Sorted unique values of an int64 tensor and how often each occurs."""
+    return _sum_by_key(keys, None)
+
+
+def _sum_by_key(keys: torch.Tensor, counts):
+    """Sorted unique keys and the sum of ``counts`` (None = ones) per key. On the CPU numpy's
+    sorts are several times faster than torch.unique / torch.searchsorted."""
     if keys.device.type != "cpu":
-        return torch.unique(keys, return_counts=True)
-    x = np.sort(keys.numpy())
-    start = np.flatnonzero(np.r_[True, x[1:] != x[:-1]]) if len(x) else np.zeros(0, np.int64)
-    counts = np.diff(np.r_[start, len(x)])
-    return torch.from_numpy(x[start]), torch.from_numpy(counts.astype(np.int64))
+        if counts is None:
+            return torch.unique(keys, return_counts=True)
+        u, inv = torch.unique(keys, return_inverse=True)
+        return u, torch.zeros_like(u).index_add_(0, inv, counts)
+    k = keys.numpy()
+    if counts is None:
+        k, c = np.sort(k), None
+    else:
+        order = np.argsort(k, kind="stable")
+        k, c = k[order], counts.numpy()[order]
+    start = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.zeros(0, np.int64)
+    c = np.diff(np.r_[start, len(k)]) if c is None else np.add.reduceat(c, start) if len(k) else c
+    return torch.from_numpy(k[start]), torch.from_numpy(np.asarray(c, dtype=np.int64))
 
 
 def _rank_within(group: torch.Tensor, *sort_keys: torch.Tensor) -> torch.Tensor:
