@@ -37,10 +37,12 @@ Rules (METHODS 1, published defaults):
 How C is accumulated: block presence rows are buffered and multiplied ``cooc_chunk_blocks`` at
 a time (never one block at a time).
 
-* Dense path (``F <= dense_max_features``): ``R.addmm_(B.T, B)`` in float32 on the device of
-  the activations. 0/1 inputs and integer partial sums below 2**24 are exact in float32 (also
-  under TF32, whose inputs 0/1 are exact), so ``R`` is folded into an int64 accumulator before
-  it could reach 2**24 blocks. Memory: 4 F^2 bytes (1 GiB at F = 16384).
+* Dense path (``F <= dense_max_features``): ``R += B^T B`` with float32 ``addmm_`` on the
+  device of the activations, only for row tiles up to the diagonal (C is symmetric, so this
+  does about half the work; ``finalize`` mirrors the lower triangle). 0/1 inputs and integer
+  partial sums below 2**24 are exact in float32 (also under TF32 / bf16 inputs, which hold 0
+  and 1 exactly), and ``R`` is folded into an int64 accumulator before any entry could reach
+  2**24 blocks. Memory: 4 F^2 bytes (1 GiB at F = 16384).
 * Sparse path (wider SAEs): each chunk's ``B`` becomes a scipy CSR matrix on the CPU and
   ``B^T B`` (exact integer sparse product) is added to an int64 CSR accumulator. Memory grows
   with the number of co-occurring pairs. With ``cooc_topk=k`` ``finalize`` keeps, per row, the
@@ -66,7 +68,11 @@ Other outputs:
 
 ``state_dict()``/``load_state_dict()`` (and ``save``/``load``) capture the complete state;
 resuming and feeding the remaining batches gives results identical to an uninterrupted run.
-Everything runs on the device of ``acts`` (CUDA or CPU, same code).
+Results do not depend on how documents are grouped into batches.
+
+Everything runs on the device of ``acts`` (CUDA or CPU, same code). Work is O(number of
+firings) after one pass over ``acts`` to find them; on the CPU that pass and the key sorting
+use numpy (several times faster than the torch kernels there).
 """
 from __future__ import annotations
 
@@ -535,10 +541,10 @@ def _count_unique(keys: torch.Tensor):
     return _sum_by_key(keys, None)
 
 
-def _sum_by_key(keys: torch.Tensor, counts):
+def _sum_by_key(keys: torch.Tensor, counts, use_numpy=None):
     """Sorted unique keys and the sum of ``counts`` (None = ones) per key. On the CPU numpy's
     sorts are several times faster than torch.unique / torch.searchsorted."""
-    if keys.device.type != "cpu":
+    if not (keys.device.type == "cpu" if use_numpy is None else use_numpy):
         if counts is None:
             return torch.unique(keys, return_counts=True)
         u, inv = torch.unique(keys, return_inverse=True)

@@ -334,3 +334,29 @@ def test_wide_dense_tiles_match_stored_blocks_and_sparse_path():
     assert expected[np.triu_indices(F, 1)].sum() > 1000        # many off-diagonal pairs
     np.testing.assert_array_equal(dense(d.cooc), expected)
     np.testing.assert_array_equal(dense(s.cooc), expected)
+
+
+def test_torch_and_numpy_key_counting_agree():
+    from precompute.cooccur import _sum_by_key
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randint(0, 300, (5000,), generator=g)
+    counts = torch.randint(1, 9, (5000,), generator=g)
+    for c in (None, counts):
+        u1, c1 = _sum_by_key(keys, c, use_numpy=True)
+        u2, c2 = _sum_by_key(keys, c, use_numpy=False)
+        assert torch.equal(u1, u2) and torch.equal(c1, c2)
+        exp = np.bincount(keys.numpy(), None if c is None else counts.numpy())
+        assert c1.tolist() == exp[exp > 0].tolist() and u1.tolist() == np.flatnonzero(exp).tolist()
+
+
+def test_bfloat16_activations_use_torch_path_with_same_results():
+    docs = random_docs(6, n_docs=8)
+    for d in docs:      # make every value exactly representable in bfloat16
+        d["acts"] = torch.tensor(d["acts"]).bfloat16().float().numpy()
+    kw = dict(threshold=0.5, block_size=4)
+    ref = run(docs, **kw)
+    st = LayerStats(20, ["x", "y", "z"], VOCAB, **kw)
+    for b in batches(docs, 4):
+        b["acts"] = b["acts"].bfloat16()
+        st.update(**b)
+    results_equal(ref, st.finalize())
