@@ -303,6 +303,8 @@ class LayerStats:
         token_ids = torch.as_tensor(token_ids, device=dev).to(i64).reshape(N, T)
         doc_ids = torch.as_tensor(doc_ids, device=dev).to(i64).reshape(N)
         subset_ids = torch.as_tensor(subset_ids, device=dev).to(i64).reshape(N)
+        if not bool(((subset_ids >= 0) & (subset_ids < len(self.subsets))).all()):
+            raise ValueError(f"subset_ids must lie in [0, {len(self.subsets)})")
         if lengths is None:
             lengths = torch.full((N,), T, dtype=i64, device=dev)
         lengths = torch.as_tensor(lengths, device=dev).to(i64).reshape(N).clamp(0, T)
@@ -317,6 +319,9 @@ class LayerStats:
         n = nt // T
         t = nt - n * T
         v = acts.reshape(-1)[flat].float()
+        tok = token_ids.reshape(-1)[nt]
+        if len(tok) and not (0 <= int(tok.min()) and int(tok.max()) < len(self.vocab)):
+            raise ValueError(f"token ids of firing tokens must lie in [0, {len(self.vocab)})")
 
         self.n_tokens += int(lengths.sum())
         S, H = len(self.subsets), len(self.edges) - 1
@@ -327,7 +332,7 @@ class LayerStats:
         b = torch.bucketize(v, inner, right=True)  # bin i: edges[i] <= v < edges[i+1]
         self.hist += torch.bincount(f * H + b, minlength=F * H)
 
-        self._update_tokens(f * len(self.vocab) + token_ids.reshape(-1)[nt])
+        self._update_tokens(f * len(self.vocab) + tok)
         self._update_contexts(n, t, f, v, N, T, token_ids, doc_ids, subset_ids, lengths)
         self._update_blocks(n, t, f, subset_ids, lengths)
 
@@ -473,12 +478,12 @@ class LayerStats:
         blocks.sort_indices()
 
         return LayerStatsResult(
-            fire_count=self.fire_count.cpu().numpy(),
+            fire_count=_np(self.fire_count),
             cooc=cooc,
-            subset_fire=self.subset_fire.view(S, F).T.cpu().numpy().copy(),
+            subset_fire=_np(self.subset_fire.view(S, F).T),
             blocks=blocks,
             block_subset=_cat(self.stored_sub, np.int64).astype(np.int16),
-            act_hist=self.hist.view(F, H).cpu().numpy(),
+            act_hist=_np(self.hist.view(F, H)),
             act_hist_edges=self.edges.copy(),
             contexts=self._contexts_table(),
             top_tokens=self._top_tokens_table(*self._pending_tokens(merged=True), V),
@@ -589,6 +594,11 @@ def _topk_symmetric(C: sp.csr_matrix, k: int) -> sp.csr_matrix:
     out = C.multiply(keep).tocsr().astype(np.int64)
     out.eliminate_zeros()
     return out
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A contiguous numpy copy (never a view of the live state)."""
+    return np.ascontiguousarray(t.detach().cpu().numpy()).copy()
 
 
 def _cat(chunks, dtype) -> np.ndarray:

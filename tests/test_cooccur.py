@@ -360,3 +360,18 @@ def test_bfloat16_activations_use_torch_path_with_same_results():
         b["acts"] = b["acts"].bfloat16()
         st.update(**b)
     results_equal(ref, st.finalize())
+
+
+def test_bad_ids_are_rejected_and_results_are_copies():
+    st = LayerStats(3, ["a", "b"], VOCAB[:5], block_size=2)
+    b = hand_batch()
+    with pytest.raises(ValueError, match="token ids"):
+        st.update(**b)                                   # token 5 is outside a 5-token vocab
+    st = LayerStats(3, ["a"], VOCAB, block_size=2)
+    with pytest.raises(ValueError, match="subset_ids"):
+        st.update(**b)                                   # subset 1 of a single subset
+    st = LayerStats(3, ["a", "b"], VOCAB, block_size=2)
+    st.update(**b)
+    r = st.finalize()
+    st.update(**b)
+    assert r.fire_count.tolist() == [1, 2, 2] and r.act_hist.sum() == 5
