@@ -73,6 +73,20 @@ def align_to(Y: np.ndarray, W: np.ndarray, ref_map: np.ndarray, rotate: bool) ->
     return Y @ (U @ Vt)
 
 
+def align_one(W: np.ndarray, Y: np.ndarray, previous: tuple[np.ndarray, np.ndarray] | None,
+              rotate: bool) -> np.ndarray:
+    """Align one layer's raw coordinates ``Y`` [F, 3] (decoder ``W``) to ``previous`` =
+    (decoder, already aligned coordinates) of the preceding layer; canonical orientation
+    when there is none or its d_model differs. Returns centred float32 coordinates."""
+    Y = np.asarray(Y, dtype=np.float64)
+    if previous is None or previous[0].shape[1] != W.shape[1]:
+        Y = canonical_orientation(Y, rotate)
+    else:
+        ref = screen_map(previous[0], np.asarray(previous[1], dtype=np.float64))
+        Y = align_to(Y - Y.mean(axis=0), W, ref, rotate)
+    return Y.astype(np.float32)
+
+
 def align_layers(decoders: list[np.ndarray], coords: list[np.ndarray], rotate: bool) -> list[np.ndarray]:
     """Align per-layer layouts in layer order (see module docstring).
 
@@ -86,13 +100,8 @@ def align_layers(decoders: list[np.ndarray], coords: list[np.ndarray], rotate: b
     """
     out, prev = [], None
     for W, Y in zip(decoders, coords):
-        Y = np.asarray(Y, dtype=np.float64)
-        if prev is None or prev[0].shape[1] != W.shape[1]:
-            Y = canonical_orientation(Y, rotate)
-        else:
-            Y = align_to(Y - Y.mean(axis=0), W, screen_map(*prev), rotate)
-        prev = (W, Y)
-        out.append(Y.astype(np.float32))
+        out.append(align_one(W, Y, prev, rotate))
+        prev = (W, out[-1])
     return out
 
 

@@ -1,0 +1,273 @@
+"""The geometry stage: derived files of docs/atlas.md from an atlas's raw statistics.
+
+    from analysis.stage import run_geometry, GeometryConfig
+    run_geometry("my-atlas", GeometryConfig())          # published settings
+
+``compute_layer`` does one layer on arrays in memory (the synthetic generator and tests call
+it); ``run_geometry`` reads every layer of an atlas, computes, aligns layouts across layers
+(analysis.layout) and writes everything through one atomic ``AtlasWriter.update``.
+Parts whose inputs a layer lacks are skipped and listed in ``LayerInfo.computed`` as
+``"skipped:<part> (<reason>)"``; parts done are listed by name.
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from analysis import brain, galaxy, layout
+
+PARTS = ("layout", "neighbors", "galaxy", "brain", "crystals", "atom")
+
+
+class GeometryConfig(BaseModel):
+    """Every parameter of the geometry stage; defaults = published settings (METHODS 1-3)."""
+
+    layers: list[int] | None = None                      # None = every layer
+    # brain (METHODS 1)
+    affinities: list[str] = Field(default_factory=lambda: list(brain.AFFINITIES))
+    ks: list[int] = Field(default_factory=lambda: list(brain.KS))
+    random_state: int = 42
+    n_init: int = 10
+    per_k: bool = False                                  # True: published per-k recomputation
+    n_permutations: int = 100
+    permutation_seed: int = 0
+    regression_ks: list[int] = Field(default_factory=lambda: [2])  # published figure: k = 2
+    n_random: int = 100                                  # random-direction draws
+    train_fraction: float = 0.8
+    regression_max_iter: int = 1000
+    max_brain_features: int = 20000   # dense F x F affinities: ~3 GiB each at 20k
+    n_lobe_tokens: int = 10
+    # layout
+    neighbors_k: int = 16
+    umap: bool = True
+    umap_n_neighbors: int = 15
+    umap_min_dist: float = 0.1
+    umap_seed: int = 42
+    # galaxy (METHODS 3)
+    fit_ranks: tuple[int, int] = galaxy.RANKS
+    isotropic_seed: int = 0
+    entropy_samples: int = 5000
+    entropy_components: int = 100
+    entropy_k: int = 1
+    entropy_bootstrap: int = 30
+    entropy_seed: int = 0
+    entropy_estimator: str = "textbook"                  # or "published"
+    # atom (METHODS 2)
+    crystals: bool = True
+    crystal_options: dict[str, Any] = Field(default_factory=dict)  # passed to atom.crystal_search
+
+
+def _atom():
+    """analysis.atom when present (written separately); None otherwise."""
+    if importlib.util.find_spec("analysis.atom") is None:
+        return None
+    from analysis import atom
+    return atom
+
+
+# --------------------------------------------------------------------------- one layer
+
+def compute_brain(W, C, T, config: GeometryConfig, blocks=None, block_subset=None,
+                  subsets: list[str] | None = None, top_tokens: pd.DataFrame | None = None) -> dict:
+    """Lobes of every affinity, brain.json, lobe_subsets and lobe_tokens tables."""
+    live = ~brain.dead_features(C)
+    idx = np.flatnonzero(live)
+    files: dict[str, Any] = {}
+    labels: dict[str, np.ndarray] = {}
+    ks = brain.sweep_ks(idx.size, config.ks)
+    for name in [*config.affinities, "geometry"]:
+        A = brain.geometry_affinity(W) if name == "geometry" else brain.cooccurrence_affinity(C, T, name)
+        _, lab = brain.lobes(A, live, ks, config.random_state, config.n_init, config.per_k)
+        del A
+        labels[name] = lab
+        files[f"lobes_{name}.npy"] = lab
+    Wl = np.asarray(W, dtype=np.float64)[idx]
+    results = {}
+    for name in config.affinities:
+        rows = []
+        for row, k in enumerate(ks):
+            ami = brain.ami_test(labels["geometry"][row, idx], labels[name][row, idx],
+                                 config.n_permutations, config.permutation_seed)
+            reg = None
+            if k in config.regression_ks:
+                reg = brain.regression_test(Wl, labels[name][row, idx], config.n_random,
+                                            config.train_fraction, config.permutation_seed,
+                                            config.regression_max_iter)
+            rows.append({"k": k, "ami": ami, "regression": reg})
+        results[name] = rows
+    files["brain.json"] = {
+        "ks": ks, "affinities": list(config.affinities),
+        "lobe_affinities": [*config.affinities, "geometry"],
+        "n_features": int(live.size), "n_live": int(idx.size),
+        "dead": np.flatnonzero(~live).tolist(), "n_blocks": int(T), "results": results,
+    }
+    if blocks is not None and block_subset is not None:
+        names = list(subsets) if subsets else [str(s) for s in range(int(np.max(block_subset)) + 1)]
+        rows = []
+        for name, lab in labels.items():
+            for row, k in enumerate(ks):
+                tally = brain.lobe_subset_tally(blocks, block_subset, lab[row], len(names))
+                for lobe, s in zip(*np.nonzero(tally)):
+                    rows.append((name, k, int(lobe), names[s], int(tally[lobe, s])))
+        files["lobe_subsets.parquet"] = pd.DataFrame(
+            rows, columns=["affinity", "k", "lobe", "subset", "blocks"]).astype(
+            {"k": np.int32, "lobe": np.int32, "blocks": np.int64})
+    if top_tokens is not None:
+        parts = []
+        for name, lab in labels.items():
+            for row, k in enumerate(ks):
+                t = brain.lobe_top_tokens(top_tokens, lab[row], config.n_lobe_tokens)
+                t.insert(0, "k", np.int32(k))
+                t.insert(0, "affinity", name)
+                parts.append(t)
+        files["lobe_tokens.parquet"] = pd.concat(parts, ignore_index=True)
+    return files
+
+
+def compute_galaxy(W, config: GeometryConfig) -> dict:
+    """spectrum.npy and galaxy.json."""
+    spec = galaxy.spectrum(W)
+    fit = galaxy.power_law_fit(spec, config.fit_ranks)
+    iso = galaxy.isotropic_baseline(W.shape[0], W.shape[1], config.isotropic_seed, config.fit_ranks)
+    ent = galaxy.clustering_entropy(W, config.entropy_samples, config.entropy_components,
+                                    config.entropy_k, config.entropy_bootstrap, config.entropy_seed,
+                                    config.entropy_estimator)
+    return {"spectrum.npy": spec,
+            "galaxy.json": {"power_law": fit, "isotropic": iso, "entropy": ent,
+                            "estimator": config.entropy_estimator}}
+
+
+def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None, T: int | None = None,
+                  blocks=None, block_subset=None, subsets: list[str] | None = None,
+                  top_tokens: pd.DataFrame | None = None, word: dict | None = None,
+                  previous: tuple[np.ndarray, dict] | None = None) -> tuple[dict, list[str]]:
+    """All derived files of one layer from arrays in memory.
+
+    Parameters
+    ----------
+    W : decoder rows [F, d]. Everything else is optional; parts lacking their inputs are
+        skipped: brain needs ``C`` (co-occurrence [F, F]) and ``T`` (blocks); lobe subsets
+        also ``blocks`` [B, F] and ``block_subset`` [B]; lobe tokens ``top_tokens``; atom.json
+        ``word`` = dict(h_in, h_out, tasks, input_tokens, output_tokens).
+    previous : (decoder, files) of the preceding layer, to align its layouts to.
+
+    Returns ``(files, computed)``: file name (as in docs/atlas.md) -> array / table / dict,
+    and the list for ``LayerInfo.computed``.
+    """
+    config = config or GeometryConfig()
+    W = np.asarray(W, dtype=np.float32)
+    files: dict[str, Any] = {}
+    computed: list[str] = []
+
+    layouts = {"coords_pca.npy": (layout.pca_coords(W), False)}
+    if config.umap:
+        layouts["coords_umap.npy"] = (layout.umap_coords(W, config.umap_n_neighbors, config.umap_min_dist,
+                                                         config.umap_seed), True)
+    else:
+        computed.append("skipped:umap (disabled in config)")
+    for name, (Y, rotate) in layouts.items():
+        prev = (previous[0], previous[1][name]) if previous is not None and name in previous[1] else None
+        files[name] = layout.align_one(W, Y, prev, rotate)
+    computed.append("layout")
+
+    nb, nc = layout.neighbors(W, config.neighbors_k)
+    files["neighbors.npy"], files["neighbors_cos.npy"] = nb, nc
+    computed.append("neighbors")
+
+    files.update(compute_galaxy(W, config))
+    computed.append("galaxy")
+
+    if C is None or T is None:
+        computed.append("skipped:brain (no cooc.npz)")
+    elif W.shape[0] > config.max_brain_features:
+        computed.append(f"skipped:brain ({W.shape[0]} features > max_brain_features)")
+    else:
+        files.update(compute_brain(W, C, T, config, blocks, block_subset, subsets, top_tokens))
+        computed.append("brain")
+
+    atom = _atom()
+    if not config.crystals:
+        computed.append("skipped:crystals (disabled in config)")
+    elif atom is None or not hasattr(atom, "crystal_search"):
+        computed.append("skipped:crystals (analysis.atom not available)")
+    else:
+        files["crystals.parquet"] = atom.crystal_search(W, **config.crystal_options)
+        computed.append("crystals")
+
+    if word is None:
+        computed.append("skipped:atom (no word pairs)")
+    elif atom is None or not hasattr(atom, "atom_report"):
+        computed.append("skipped:atom (analysis.atom not available)")
+    else:
+        files["atom.json"] = atom.atom_report(word["h_in"], word["h_out"], word["tasks"],
+                                              word["input_tokens"], word["output_tokens"])
+        computed.append("atom")
+    return files, computed
+
+
+# --------------------------------------------------------------------------- atlas
+
+def _layer_inputs(atlas, L: int) -> dict:
+    base = f"layers/{L}/"
+    has = lambda f: atlas.has(base + f)  # noqa: E731
+    out: dict[str, Any] = {}
+    if has("cooc.npz"):
+        out["C"] = atlas.sparse(base + "cooc.npz")
+        out["T"] = int(atlas.manifest.layer(L).n_blocks)
+    if has("blocks.npz") and has("block_subset.npy"):
+        out["blocks"] = atlas.sparse(base + "blocks.npz")
+        out["block_subset"] = np.asarray(atlas.array(base + "block_subset.npy"))
+        out["subsets"] = list(atlas.manifest.corpus.subsets)
+    if has("top_tokens.parquet"):
+        out["top_tokens"] = atlas.table(base + "top_tokens.parquet")
+    if atlas.has("wordpairs/pairs.parquet") and has("word_h_in.npy") and has("word_h_out.npy"):
+        pairs = atlas.table("wordpairs/pairs.parquet")
+        out["word"] = {"h_in": np.asarray(atlas.array(base + "word_h_in.npy")),
+                       "h_out": np.asarray(atlas.array(base + "word_h_out.npy")),
+                       "tasks": pairs["task"].to_numpy(),
+                       "input_tokens": pairs["input_last_token"].tolist(),
+                       "output_tokens": pairs["output_last_token"].tolist()}
+    return out
+
+
+def _put(w, rel: str, value) -> None:
+    if isinstance(value, pd.DataFrame):
+        w.put_table(rel, value)
+    elif isinstance(value, np.ndarray):
+        w.put_array(rel, value)
+    else:
+        w.put_json(rel, value)
+
+
+def run_geometry(atlas_path, config: GeometryConfig | None = None, progress: bool = False) -> None:
+    """Compute every derived file for every layer with a ``decoder.npy`` and write them.
+
+    Layers are processed in ascending order so each layout is aligned to the previous
+    layer's. The config is stored in ``manifest.configs["geometry"]``.
+    """
+    from analysis.atlas import AtlasWriter, open_atlas
+
+    config = config or GeometryConfig()
+    atlas = open_atlas(atlas_path)
+    layers = sorted(L for L in atlas.layer_ids if atlas.has(f"layers/{L}/decoder.npy")
+                    and (config.layers is None or L in config.layers))
+    with AtlasWriter.update(atlas_path) as w:
+        previous = None
+        for L in layers:
+            if progress:
+                print(f"geometry: layer {L}", flush=True)
+            W = np.asarray(atlas.array(f"layers/{L}/decoder.npy"))
+            files, computed = compute_layer(W, config, previous=previous, **_layer_inputs(atlas, L))
+            for name, value in files.items():
+                _put(w, f"layers/{L}/{name}", value)
+            info = w.manifest.layer(L)
+            info.computed = [c for c in info.computed
+                             if c not in PARTS and c != "umap" and not c.startswith("skipped:")
+                             and c != "geometry"]
+            info.computed += ["geometry", *computed]
+            previous = (W, {k: v for k, v in files.items() if k.startswith("coords_")})
+        w.manifest.configs["geometry"] = config.model_dump(mode="json")

@@ -1,0 +1,96 @@
+"""The geometry stage on real atlases on disk (synthetic, planted structure)."""
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_mutual_info_score
+
+from analysis import stage
+from analysis.atlas import AtlasWriter, CorpusInfo, LayerInfo, Manifest, ModelInfo, SAEInfo, open_atlas
+from analysis.synthetic import make_synthetic_atlas
+
+FAST = dict(ks=[2, 4, 8], n_permutations=10, n_random=4, entropy_samples=400, entropy_components=20,
+            entropy_bootstrap=5)
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory):
+    path = tmp_path_factory.mktemp("stage") / "syn"
+    make_synthetic_atlas(path, n_features=400, d_model=48, layers=(0, 1), n_lobes=4, n_blocks=800,
+                         alphas=(0.3, 0.5), seed=1, geometry=False)
+    stage.run_geometry(path, stage.GeometryConfig(**FAST))
+    return open_atlas(path)
+
+
+def test_every_derived_file_written_with_contract_shapes(atlas):
+    F = 400
+    for L in (0, 1):
+        b = f"layers/{L}/"
+        assert atlas.array(b + "coords_pca.npy").shape == (F, 3)
+        assert atlas.array(b + "coords_umap.npy").dtype == np.float32
+        assert atlas.array(b + "neighbors.npy").dtype == np.int32
+        assert atlas.array(b + "neighbors_cos.npy").shape == (F, 16)
+        assert atlas.array(b + "spectrum.npy").shape == (48,)
+        for a in ("simple_matching", "jaccard", "dice", "overlap", "phi", "geometry"):
+            lab = atlas.array(b + f"lobes_{a}.npy")
+            assert lab.shape == (3, F) and lab.dtype == np.int16
+        info = atlas.manifest.layer(L)
+        assert {"geometry", "layout", "neighbors", "galaxy", "brain"} <= set(info.computed)
+        assert atlas.has(b + "lobe_subsets.parquet") and atlas.has(b + "lobe_tokens.parquet")
+    assert atlas.manifest.configs["geometry"]["n_permutations"] == 10
+    assert atlas.manifest.configs["geometry"]["ks"] == [2, 4, 8]
+
+
+def test_planted_lobes_found_and_geometry_follows_function(atlas):
+    planted = np.asarray(atlas.array("layers/0/planted_lobes.npy"))
+    bj = atlas.json("layers/0/brain.json")
+    dead = np.asarray(bj["dead"], dtype=int)
+    assert set(dead) == set(atlas.json("layers/0/planted.json")["dead"])
+    row = bj["ks"].index(4)
+    live = np.setdiff1d(np.arange(400), dead)
+    # co-occurrence lobes are recovered exactly; the generator re-colours the decoder to a
+    # power-law spectrum, which blurs the geometric lobes somewhat (AMI about 0.85)
+    for a, floor in (("phi", 0.9), ("jaccard", 0.9), ("geometry", 0.75)):
+        lab = np.asarray(atlas.array(f"layers/0/lobes_{a}.npy"))[row]
+        assert (lab[dead] == -1).all()
+        assert adjusted_mutual_info_score(planted[live], lab[live]) >= floor
+    res = bj["results"]["phi"][row]
+    assert res["k"] == 4 and res["ami"]["ami"] >= 0.75 and res["ami"]["z"] > 20
+    assert abs(res["ami"]["perm_mean"]) < 0.02
+    reg = bj["results"]["phi"][0]["regression"]     # k = 2
+    assert reg["accuracy"] > 0.9 and reg["z"] > 5
+    assert bj["results"]["phi"][1]["regression"] is None   # k = 4 not in regression_ks
+
+
+def test_lobes_win_their_own_subsets(atlas):
+    tab = atlas.table("layers/0/lobe_subsets.parquet")
+    t = tab[(tab.affinity == "phi") & (tab.k == 4)]
+    # each subset is won (almost always) by one lobe, a different one per subset
+    top = t.sort_values("blocks").groupby("subset").tail(1)
+    share = top.set_index("subset")["blocks"] / t.groupby("subset")["blocks"].sum()
+    assert len(top) == 4 and top["lobe"].nunique() == 4 and (share > 0.9).all()
+
+
+def test_galaxy_slopes_follow_planted_exponents(atlas):
+    # the generator plants covariance eigenvalues exactly r^-alpha (0.3 and 0.5)
+    for L, alpha in ((0, 0.3), (1, 0.5)):
+        g = atlas.json(f"layers/{L}/galaxy.json")
+        assert abs(g["power_law"]["alpha"] - alpha) <= 0.02
+        assert g["power_law"]["ranks"] == [11, 48] and g["entropy"]["n_samples"] == 400
+        assert g["estimator"] == "textbook" and g["entropy"]["negentropy_std"] > 0
+        np.testing.assert_allclose(atlas.array(f"layers/{L}/spectrum.npy")[:3], [1, 2 ** -alpha, 3 ** -alpha],
+                                   rtol=1e-4)
+
+
+def test_decoder_only_layer(tmp_path):
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((300, 24)).astype(np.float32)
+    m = Manifest(model=ModelInfo(name="m", d_model=24, n_layers=1), corpus=CorpusInfo(name="none"),
+                 layers=[LayerInfo(layer=0, sae=SAEInfo(source="synthetic", width=300, d_in=24))])
+    with AtlasWriter(tmp_path / "a", m) as w:
+        w.put_array("layers/0/decoder.npy", W)
+    stage.run_geometry(tmp_path / "a", stage.GeometryConfig(umap=False, entropy_samples=200,
+                                                            entropy_components=10, entropy_bootstrap=3))
+    a = open_atlas(tmp_path / "a")
+    comp = a.manifest.layer(0).computed
+    assert "skipped:brain (no cooc.npz)" in comp and "galaxy" in comp and "brain" not in comp
+    assert not a.has("layers/0/brain.json") and a.has("layers/0/coords_pca.npy")
+    assert a.array("layers/0/spectrum.npy").shape == (24,)
