@@ -15,7 +15,7 @@ co-occurrence counts of all three are checked for equality. On a shared, oversub
 machine pass --threads 1: torch's thread pool then stops dominating the small kernels.
 
     python bench/bench_cooccur.py            # F = 4096, 2048 blocks (the reference takes 1-2 min)
-    python bench/bench_cooccur.py --quick    # F = 1024, 256 blocks
+    python bench/bench_cooccur.py --quick    # F = 2048, 256 blocks
     python bench/bench_cooccur.py --device cuda
 """
 import argparse
@@ -59,7 +59,7 @@ def saegeo_cooc(stats, acts):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small size (F=1024, 256 blocks)")
+    ap.add_argument("--quick", action="store_true", help="small size (F=2048, 256 blocks)")
     ap.add_argument("--features", type=int, default=None)
     ap.add_argument("--blocks", type=int, default=None)
     ap.add_argument("--l0", type=int, default=40, help="features firing per token")
@@ -68,7 +68,7 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    F = args.features or (1024 if args.quick else 4096)
+    F = args.features or (2048 if args.quick else 4096)
     n_blocks = args.blocks or (256 if args.quick else 2048)
     seq_len, block_size, n_docs, threshold = 1024, 256, 8, 1.0
     blocks_per_batch = n_docs * (seq_len // block_size)
