@@ -18,7 +18,8 @@ Inputs of ``update`` (one call per batch of documents, all torch tensors on one 
 
 * ``acts`` [N, T, F]: SAE feature activations **with the BOS position already dropped** by the
   caller: ``acts[:, 0]`` is the first real token of each document. Any float dtype.
-* ``token_ids`` [N, T]: the token ids at the same positions (BOS dropped too).
+* ``token_ids`` [N, T] (or wider; extra columns are ignored): the token ids at the same
+  positions (BOS dropped too).
 * ``doc_ids`` [N] int: corpus-wide document ids (stored with the top contexts).
 * ``subset_ids`` [N] int: index of each document's corpus subset in ``subsets``.
 * ``lengths`` [N] int or None: number of valid (non-padding) positions per document, BOS
@@ -300,7 +301,7 @@ class LayerStats:
             raise ValueError(f"acts has {F} features, expected {self.F}")
         self._to(acts.device)
         dev, i64 = acts.device, torch.int64
-        token_ids = torch.as_tensor(token_ids, device=dev).to(i64).reshape(N, T)
+        token_ids = torch.as_tensor(token_ids, device=dev).to(i64).reshape(N, -1)[:, :T]
         doc_ids = torch.as_tensor(doc_ids, device=dev).to(i64).reshape(N)
         subset_ids = torch.as_tensor(subset_ids, device=dev).to(i64).reshape(N)
         if not bool(((subset_ids >= 0) & (subset_ids < len(self.subsets))).all()):

@@ -371,7 +371,7 @@ def test_bad_ids_are_rejected_and_results_are_copies():
     with pytest.raises(ValueError, match="subset_ids"):
         st.update(**b)                                   # subset 1 of a single subset
     st = LayerStats(3, ["a", "b"], VOCAB, block_size=2)
-    st.update(**b)
+    st.update(**dict(b, token_ids=torch.cat([b["token_ids"], b["token_ids"]], 1)))  # wider ids
     r = st.finalize()
     st.update(**b)
     assert r.fire_count.tolist() == [1, 2, 2] and r.act_hist.sum() == 5
