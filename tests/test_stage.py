@@ -94,3 +94,22 @@ def test_decoder_only_layer(tmp_path):
     assert "skipped:brain (no cooc.npz)" in comp and "galaxy" in comp and "brain" not in comp
     assert not a.has("layers/0/brain.json") and a.has("layers/0/coords_pca.npy")
     assert a.array("layers/0/spectrum.npy").shape == (24,)
+
+
+def test_report_numbers_tables_and_figures(atlas, tmp_path):
+    from analysis import report
+
+    rep = report.build_report(atlas)
+    bj = atlas.json("layers/0/brain.json")
+    phi = rep["layers"]["0"]["brain"]["results"]["phi"]
+    assert [r["k"] for r in phi] == [2, 4, 8]
+    assert phi[1]["ami"] == bj["results"]["phi"][1]["ami"]["ami"]
+    assert phi[0]["accuracy"] == bj["results"]["phi"][0]["regression"]["accuracy"]
+    assert abs(rep["layers"]["1"]["galaxy"]["alpha"] - 0.5) <= 0.02
+    assert sum(rep["layers"]["0"]["lobe_subsets"]["phi"]["2"]["code"].values()) > 0
+    text = report.format_report(rep)
+    assert "phi" in text and "0.500" in text and "Blocks won per corpus subset" in text
+    paths = report.write_figures(atlas, tmp_path)
+    names = {p.name for p in paths}
+    assert {"spectra.png", "alpha_vs_layer.png", "ami_vs_k_layer0.png"} <= names
+    assert all(p.stat().st_size > 1000 for p in paths)

@@ -1,0 +1,210 @@
+"""Every published number of an atlas in one place: ``saegeo report ATLAS``.
+
+``build_report(atlas)`` collects from the derived files (analysis.stage): AMI and z per
+affinity and k, regression accuracy and z, the power-law alpha per layer with its 95 %
+interval, the clustering entropy per layer, the LDA silhouette per dimension, and the
+lobe-to-corpus-subset tables. ``format_report`` prints them as tables in the style of the
+published figures; ``write_figures`` draws them with matplotlib.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LOBE_TABLE_KS = (2, 3)  # published: two and three phi lobes
+
+
+def _open(atlas):
+    if isinstance(atlas, (str, Path)):
+        from analysis.atlas import open_atlas
+        return open_atlas(atlas)
+    return atlas
+
+
+def build_report(atlas) -> dict:
+    """All numbers of an atlas (path or opened Atlas) as a JSON-ready dict keyed by layer."""
+    atlas = _open(atlas)
+    out: dict[str, Any] = {"atlas": str(atlas.path), "subsets": list(atlas.manifest.corpus.subsets),
+                           "geometry_config": atlas.manifest.configs.get("geometry"), "layers": {}}
+    for L in atlas.layer_ids:
+        b = f"layers/{L}/"
+        entry: dict[str, Any] = {"computed": list(atlas.manifest.layer(L).computed)}
+        if atlas.has(b + "galaxy.json"):
+            g = atlas.json(b + "galaxy.json")
+            pl, ent = g["power_law"], g["entropy"]
+            entry["galaxy"] = {"alpha": pl["alpha"], "ci95": pl["ci95"], "intercept": pl["intercept"],
+                               "ranks": pl["ranks"], "isotropic_slope": g["isotropic"].get("slope"),
+                               "entropy": ent["entropy"], "entropy_std": ent["entropy_std"],
+                               "negentropy": ent["negentropy"], "negentropy_std": ent["negentropy_std"],
+                               "estimator": g.get("estimator", ent.get("estimator"))}
+        if atlas.has(b + "brain.json"):
+            bj = atlas.json(b + "brain.json")
+            rows = {}
+            for name, res in bj["results"].items():
+                rows[name] = [{"k": r["k"], "ami": r["ami"]["ami"], "ami_z": r["ami"]["z"],
+                               "perm_mean": r["ami"]["perm_mean"], "perm_std": r["ami"]["perm_std"],
+                               **({"accuracy": r["regression"]["accuracy"],
+                                   "random_accuracy": r["regression"]["random_mean"],
+                                   "regression_z": r["regression"]["z"]} if r["regression"] else {})}
+                              for r in res]
+            entry["brain"] = {"ks": bj["ks"], "n_live": bj["n_live"], "n_dead": len(bj["dead"]), "results": rows}
+        if atlas.has(b + "lobe_subsets.parquet"):
+            t = atlas.table(b + "lobe_subsets.parquet")
+            tables = {}
+            for (name, k), g in t[t["k"].isin(LOBE_TABLE_KS)].groupby(["affinity", "k"]):
+                piv = g.pivot_table(index="subset", columns="lobe", values="blocks", aggfunc="sum", fill_value=0)
+                tables.setdefault(name, {})[str(int(k))] = {
+                    str(s): {str(int(lobe)): int(v) for lobe, v in row.items()} for s, row in piv.iterrows()}
+            entry["lobe_subsets"] = tables
+        if atlas.has(b + "atom.json"):
+            lda = atlas.json(b + "atom.json")["lda"]
+            entry["atom"] = {"dims": lda["dims"], "silhouette": lda["silhouette"],
+                             "raw_silhouette": lda["raw_silhouette"], "best_dim": lda["best_dim"]}
+        out["layers"][str(L)] = entry
+    return out
+
+
+def _f(x, fmt="{:.3f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def format_report(report: dict) -> str:
+    """Published-style plain-text tables of ``build_report``'s dict."""
+    lines = [f"atlas {report['atlas']}", ""]
+    layers = report["layers"]
+    gal = {L: e["galaxy"] for L, e in layers.items() if "galaxy" in e}
+    if gal:
+        lines += ["Galaxy: power law log10 λ_r = a - α log10 r and clustering entropy",
+                  f"{'layer':>5} {'alpha':>7} {'±95%':>7} {'ranks':>9} {'iso slope':>9} "
+                  f"{'entropy':>10} {'negentropy':>11} {'±std':>7} estimator"]
+        for L, g in gal.items():
+            lines.append(f"{L:>5} {_f(g['alpha']):>7} {_f(g['ci95']):>7} {str(g['ranks'][0]) + '-' + str(g['ranks'][1]):>9} "
+                         f"{_f(g['isotropic_slope']):>9} {_f(g['entropy'], '{:.2f}'):>10} "
+                         f"{_f(g['negentropy'], '{:.2f}'):>11} {_f(g['negentropy_std'], '{:.2f}'):>7} {g['estimator']}")
+        lines.append("")
+    for L, e in layers.items():
+        if "brain" not in e:
+            continue
+        br = e["brain"]
+        lines += [f"Brain, layer {L}: AMI(geometry, co-occurrence) [z vs {''}permutations]; "
+                  f"{br['n_live']} live, {br['n_dead']} dead features"]
+        lines.append(f"{'affinity':>16} " + " ".join(f"{'k=' + str(k):>15}" for k in br["ks"]))
+        for name, rows in br["results"].items():
+            lines.append(f"{name:>16} " + " ".join(
+                f"{_f(r['ami']):>6} ({_f(r['ami_z'], '{:.0f}'):>5}σ)" for r in rows))
+        reg = [(name, r) for name, rows in br["results"].items() for r in rows if "accuracy" in r]
+        if reg:
+            lines.append("Logistic regression, decoder direction -> co-occurrence lobe (balanced accuracy)")
+            lines.append(f"{'affinity':>16} {'k':>5} {'accuracy':>9} {'random':>8} {'z':>8}")
+            for name, r in reg:
+                lines.append(f"{name:>16} {r['k']:>5} {_f(r['accuracy']):>9} {_f(r['random_accuracy']):>8} "
+                             f"{_f(r['regression_z'], '{:.1f}'):>8}")
+        lines.append("")
+        for name, by_k in e.get("lobe_subsets", {}).items():
+            if name != "phi":
+                continue
+            for k, table in by_k.items():
+                lobes = sorted({lobe for row in table.values() for lobe in row}, key=int)
+                lines.append(f"Blocks won per corpus subset, {name} lobes, k={k}, layer {L}")
+                lines.append(f"{'subset':>20} " + " ".join(f"{'lobe ' + lb:>8}" for lb in lobes))
+                for s, row in table.items():
+                    lines.append(f"{s:>20} " + " ".join(f"{row.get(lb, 0):>8}" for lb in lobes))
+                lines.append("")
+    for L, e in layers.items():
+        if "atom" in e:
+            a = e["atom"]
+            lines += [f"Atom, layer {L}: silhouette of task clusters (raw differences {_f(a['raw_silhouette'])})",
+                      "  LDA dims: " + " ".join(f"{d:>6}" for d in a["dims"]),
+                      "  silhouette: " + " ".join(f"{_f(s):>6}" for s in a["silhouette"]), ""]
+    return "\n".join(lines)
+
+
+def write_figures(report_or_atlas, out_dir) -> list[Path]:
+    """PNG figures: spectra with fits, alpha vs layer, AMI vs k, lobe-subset heatmap,
+    silhouette vs LDA dimension. Accepts a report dict (no spectra then) or an atlas.
+    Returns the written paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    atlas = None
+    if isinstance(report_or_atlas, dict):
+        report = report_or_atlas
+    else:
+        atlas = _open(report_or_atlas)
+        report = build_report(atlas)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    layers = report["layers"]
+    written = []
+
+    def save(fig, name):
+        p = out / name
+        fig.tight_layout()
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        written.append(p)
+
+    if atlas is not None:
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for L, e in layers.items():
+            if not atlas.has(f"layers/{L}/spectrum.npy"):
+                continue
+            lam = np.asarray(atlas.array(f"layers/{L}/spectrum.npy"))
+            r = np.arange(1, lam.size + 1)
+            line, = ax.loglog(r[lam > 0], lam[lam > 0], lw=1, label=f"layer {L}")
+            g = e.get("galaxy")
+            if g and g["alpha"] is not None:
+                rr = np.arange(g["ranks"][0], g["ranks"][1] + 1)
+                ax.loglog(rr, 10 ** (g["intercept"] - g["alpha"] * np.log10(rr)), "--", color=line.get_color())
+        ax.set(xlabel="rank r", ylabel="eigenvalue λ_r", title="Decoder covariance spectra (dashed: fits)")
+        ax.legend(fontsize=7)
+        save(fig, "spectra.png")
+
+    gal = [(int(L), e["galaxy"]) for L, e in layers.items() if e.get("galaxy", {}).get("alpha") is not None]
+    if gal:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.8))
+        xs = [L for L, _ in gal]
+        a1.errorbar(xs, [g["alpha"] for _, g in gal], yerr=[g["ci95"] for _, g in gal], marker="o", capsize=3)
+        a1.plot(xs, [-(g["isotropic_slope"] or 0) for _, g in gal], "k:", label="isotropic")
+        a1.set(xlabel="layer", ylabel="α", title="Power-law exponent")
+        a1.legend()
+        a2.errorbar(xs, [g["negentropy"] for _, g in gal], yerr=[g["negentropy_std"] for _, g in gal],
+                    marker="o", capsize=3)
+        a2.set(xlabel="layer", ylabel="negentropy (nats)", title=f"Clustering negentropy ({gal[0][1]['estimator']})")
+        save(fig, "alpha_vs_layer.png")
+
+    for L, e in layers.items():
+        if "brain" not in e:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, rows in e["brain"]["results"].items():
+            ax.semilogx([r["k"] for r in rows], [r["ami"] for r in rows], marker="o", label=name, base=2)
+        ax.set(xlabel="k", ylabel="AMI(geometry, co-occurrence)", title=f"Layer {L}: AMI vs k")
+        ax.legend(fontsize=8)
+        save(fig, f"ami_vs_k_layer{L}.png")
+        for k, table in e.get("lobe_subsets", {}).get("phi", {}).items():
+            subsets = list(table)
+            lobes = sorted({lb for row in table.values() for lb in row}, key=int)
+            M = np.array([[table[s].get(lb, 0) for lb in lobes] for s in subsets], dtype=float)
+            M = M / np.maximum(M.sum(axis=1, keepdims=True), 1)
+            fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(lobes), 1 + 0.3 * len(subsets)))
+            im = ax.imshow(M, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+            ax.set_xticks(range(len(lobes)), [f"lobe {lb}" for lb in lobes])
+            ax.set_yticks(range(len(subsets)), subsets)
+            ax.set_title(f"Layer {L}: share of blocks won, phi k={k}")
+            fig.colorbar(im, ax=ax)
+            save(fig, f"lobe_subsets_layer{L}_k{k}.png")
+
+    atoms = [(L, e["atom"]) for L, e in layers.items() if "atom" in e]
+    if atoms:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for L, a in atoms:
+            ax.plot(a["dims"], a["silhouette"], marker="o", label=f"layer {L}")
+            ax.axhline(a["raw_silhouette"], ls=":", lw=1)
+        ax.set(xlabel="LDA dimensions", ylabel="silhouette", title="Task clusters after LDA (dotted: raw)")
+        ax.legend()
+        save(fig, "silhouette_vs_lda_dim.png")
+    return written
