@@ -74,10 +74,11 @@ class PrecomputeConfig(BaseModel):
     sae_k: int = 32
     train_tokens: int = 64_000
     train_epochs: float = 8.0
-    train_batch_size: int = 1024
+    train_batch_size: int = 256
     eval_tokens: int = 16_384               # tokens on which explained variance is measured
     max_stored_blocks: int = 20_000
     device: str = "auto"
+    threads: int | None = None              # torch CPU threads (None: torch's default)
     batch_size: int = 8                     # documents per forward pass
     checkpoint_every: int = 10              # batches between checkpoints
     out: Path = Path("atlases/demo")
@@ -106,7 +107,7 @@ class PrecomputeConfig(BaseModel):
     def identity(self) -> dict:
         """The settings a checkpoint must agree with to be resumed."""
         return self.model_dump(mode="json", exclude={"resume", "out", "overwrite", "progress", "profile",
-                                                     "geometry", "checkpoint_every"})
+                                                     "geometry", "checkpoint_every", "threads"})
 
 
 # ---------------------------------------------------------------------- helpers
@@ -452,6 +453,8 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
             _log(cfg, f"starting over: removing the unfinished run in {work}")
             shutil.rmtree(work)
     torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
 
     lm = load_model(cfg.model, cfg.device)
     layers, saes = _resolve_saes(cfg, lm)

@@ -112,17 +112,26 @@ def load_sae(spec: str, device: str | torch.device = "cpu") -> LoadedSAE:
         close = difflib.get_close_matches(sae_id, list(lookup.saes_map), n=3, cutoff=0.3)
         some = close or list(lookup.saes_map)[:3]
         raise SAEError(f"release {release!r} has no SAE {sae_id!r}; for example: {', '.join(some)}")
+    from huggingface_hub import constants
+
+    online = hub_reachable()
+    offline_before = constants.HF_HUB_OFFLINE
     try:
+        # Without network only the local cache can serve; offline mode fails at once
+        # instead of retrying the connection for half a minute.
+        constants.HF_HUB_OFFLINE = offline_before or not online
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sae = SAE.from_pretrained(release, sae_id, device=device)
     except Exception as e:  # noqa: BLE001 - the Hub client raises many types
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if not hub_reachable():
+        if not online:
             raise SAEError(hub_error("SAE", f"{release}/{sae_id}")
                            .replace("Use a local folder", "Save it with SAE.save_model on a machine with "
                                     "network access and pass that folder")) from None
         raise SAEError(f"could not load SAE {release}/{sae_id}: {msg}") from None
+    finally:
+        constants.HF_HUB_OFFLINE = offline_before
     return _wrap(sae, f"sae-lens:{release}/{sae_id}", lookup.neuronpedia_id.get(sae_id))
 
 
@@ -182,7 +191,7 @@ def _batches(acts: np.ndarray, batch: int, seed: int, device):
 
 
 def train_sae(acts: np.ndarray, hook: str, model_name: str = "", width: int = 2048, k: int = 32,
-              n_samples: int | None = None, batch_size: int = 1024, lr: float | None = None,
+              n_samples: int | None = None, batch_size: int = 256, lr: float | None = None,
               seed: int = 0, device: str | torch.device = "cpu", progress: bool = True) -> LoadedSAE:
     """Train a TopK SAE on activations with sae-lens' ``TopKTrainingSAE`` + ``SAETrainer``.
 
@@ -191,8 +200,9 @@ def train_sae(acts: np.ndarray, hook: str, model_name: str = "", width: int = 20
     acts : [N, d] float activations of ``hook`` (BOS positions excluded by the caller).
     width, k : number of features F and active features per token (TopK, Gao et al. 2024).
     n_samples : training samples seen (default 4 epochs over ``acts``).
-    batch_size : samples per step. lr : Adam learning rate (default ``2e-4 / sqrt(F / 2**14)``,
-        the scaling law of Gao et al.). Inputs are normalised to mean squared norm d_in
+    batch_size : samples per step. lr : Adam learning rate (default ``6e-4 / sqrt(F / 2**14)``:
+        the 1/sqrt(F) scaling of Gao et al., with a larger constant because the small
+        batches and short runs here take few steps). Inputs are normalised to mean squared norm d_in
         (sae-lens ``expected_average_only_in``; folded back into the weights at the end).
     seed : weight initialisation and data order.
 
@@ -211,7 +221,7 @@ def train_sae(acts: np.ndarray, hook: str, model_name: str = "", width: int = 20
     if n < batch_size:
         batch_size = max(1, n)
     n_samples = int(n_samples or 4 * n)
-    lr = float(lr or 2e-4 / math.sqrt(width / 2 ** 14))
+    lr = float(lr or 6e-4 / math.sqrt(width / 2 ** 14))
     steps = max(1, n_samples // batch_size)
     device = str(device)
     torch.manual_seed(seed)
