@@ -51,7 +51,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                  eval_tokens=4096, max_stored_blocks=2_000),
     # first run of `make demo`: within ten minutes on two CPU cores, SAE training included
     "demo": dict(layers=[3, 10, 17, 24], max_tokens=64_000, train_tokens=64_000, seq_len=512,
-                 block_size=128, sae_width=2048, sae_k=32, train_epochs=8, batch_size=8,
+                 block_size=128, sae_width=2048, sae_k=32, train_epochs=2.5, batch_size=8,
                  checkpoint_every=10, eval_tokens=16_384),
 }
 
@@ -73,7 +73,7 @@ class PrecomputeConfig(BaseModel):
     sae_width: int = 2048
     sae_k: int = 32
     train_tokens: int = 64_000
-    train_epochs: float = 8.0
+    train_epochs: float = 2.5
     train_batch_size: int = 256
     eval_tokens: int = 16_384               # tokens on which explained variance is measured
     max_stored_blocks: int = 20_000
@@ -533,7 +533,7 @@ def _geometry(cfg: PrecomputeConfig, out: Path) -> None:
         return
     t = time.time()
     try:
-        run_geometry(out, GeometryConfig())
+        run_geometry(out, GeometryConfig(), progress=cfg.progress)
     except Exception as e:
         raise PrecomputeError(f"the raw statistics are in {out}, but the geometry stage failed: "
                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e

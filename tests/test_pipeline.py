@@ -1,0 +1,146 @@
+"""The precompute pipeline end to end on the real SmolLM2: tiny atlas, kill and resume, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.atlas import open_atlas
+from precompute.errors import PrecomputeError
+from precompute.models import hook_name, load_model
+from precompute.pipeline import PrecomputeConfig, run_precompute
+from precompute.saes import load_sae
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.model
+
+# A run small enough to do twice (about 15 s in process): one layer, 3000 tokens.
+MICRO = dict(layers=[1], max_tokens=3000, train_tokens=3000, seq_len=128, block_size=32, sae_width=128,
+             sae_k=8, train_epochs=4, batch_size=4, checkpoint_every=1, eval_tokens=1024,
+             word_pairs=False, geometry=False, progress=False, threads=1)
+RAW = ["fire_count.npy", "cooc.npz", "subset_fire.npy", "blocks.npz", "block_subset.npy", "act_hist.npy",
+       "act_hist_edges.npy", "contexts.parquet", "top_tokens.parquet", "decoder.npy"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "atlas"
+    return run_precompute(PrecomputeConfig(profile="tiny", out=out, progress=False, threads=1))
+
+
+def test_tiny_profile_writes_a_valid_atlas(tiny):
+    atlas = open_atlas(tiny)                       # checksums, shapes, dtypes
+    m = atlas.manifest
+    assert m.model.name == "SmolLM2-135M-Instruct" and (m.model.n_layers, m.model.d_model) == (30, 576)
+    assert m.corpus.subsets == ["stdlib_code", "language_reference", "package_docs", "licenses", "math_docstrings"]
+    assert m.corpus.n_tokens == 12_000 and m.configs["precompute"]["profile"] == "tiny"
+    assert [i.layer for i in m.layers] == [2, 5]
+    for info in m.layers:
+        L, F = info.layer, 512
+        assert info.hook == hook_name(L) and info.threshold == 0.0 and info.n_tokens == 12_000
+        assert info.sae.source == "trained" and info.sae.architecture == "topk" and info.sae.width == F
+        assert info.sae.training["k"] == 16 and info.sae.metrics["explained_variance"] > 0.7
+        fire = np.asarray(atlas.array(f"layers/{L}/fire_count.npy"))
+        assert fire.shape == (F,) and fire.sum() / info.n_tokens == pytest.approx(16, abs=0.05)
+        np.testing.assert_array_equal(np.asarray(atlas.array(f"layers/{L}/subset_fire.npy")).sum(1), fire)
+        C, B = atlas.sparse(f"layers/{L}/cooc.npz"), atlas.sparse(f"layers/{L}/blocks.npz")
+        assert B.shape == (info.n_blocks, F) and info.n_blocks > 100       # every block stored here
+        np.testing.assert_array_equal(C.diagonal(), np.asarray(B.sum(0)).ravel())
+        assert (C != C.T).nnz == 0
+        # the SAE stored in the atlas loads with sae-lens and is the decoder of the atlas
+        sae = load_sae(str(tiny / "saes" / str(L)))
+        np.testing.assert_array_equal(sae.decoder(), np.asarray(atlas.array(f"layers/{L}/decoder.npy")))
+        assert set(atlas.table(f"layers/{L}/contexts.parquet")["subset"]) <= set(m.corpus.subsets)
+
+
+def test_tiny_word_pairs_are_hidden_states_of_the_last_token(tiny):
+    atlas = open_atlas(tiny)
+    pairs = atlas.table("wordpairs/pairs.parquet")
+    assert list(pairs.columns) == ["task", "input", "output", "input_last_token", "output_last_token"]
+    lm = load_model("smollm2", device="cpu")
+    h_in = np.asarray(atlas.array("layers/5/word_h_in.npy"))
+    assert h_in.shape == (len(pairs), 576)
+    word = pairs["input"].iloc[3]
+    ids = torch.tensor([[lm.bos_token_id] + lm.tokenize(word)])
+    h = lm.capture(ids, [hook_name(5)])[hook_name(5)][0, -1].numpy()
+    np.testing.assert_allclose(h_in[3], h, rtol=1e-4, atol=1e-4)
+    assert pairs["input_last_token"].iloc[3] == lm.tokenizer.decode(lm.tokenize(word)[-1:])
+
+
+def _same_raw(a: Path, b: Path):
+    A, B = open_atlas(a), open_atlas(b)
+    for L in A.layer_ids:
+        for name in RAW:
+            rel = f"layers/{L}/{name}"
+            if name.endswith(".npy"):
+                np.testing.assert_array_equal(A.array(rel), B.array(rel), err_msg=rel)
+            elif name.endswith(".npz"):
+                assert (A.sparse(rel) != B.sparse(rel)).nnz == 0, rel
+            else:
+                assert A.table(rel).equals(B.table(rel)), rel
+    assert A.manifest.layers == B.manifest.layers
+
+
+def test_sigkill_then_resume_gives_identical_counts(tmp_path):
+    ref = run_precompute(PrecomputeConfig(**MICRO, out=tmp_path / "ref"))
+    out = tmp_path / "killed"
+    cfg = json.dumps({**MICRO, "out": str(out)})
+    code = ("import json, sys; from precompute.pipeline import PrecomputeConfig, run_precompute; "
+            "run_precompute(PrecomputeConfig(**json.loads(sys.argv[1])))")
+    proc = subprocess.Popen([sys.executable, "-c", code, cfg], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    work = out.with_name("killed.partial")
+    deadline = time.time() + 300
+    try:   # kill in the middle of the statistics pass, after the SAE was trained and saved
+        while not (work / "stats.pt").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not out.exists()                                  # nothing that looks like an atlas
+    assert (work / "saes" / "1" / "cfg.json").is_file()
+    resumed = run_precompute(PrecomputeConfig(**MICRO, out=out, resume=True))
+    _same_raw(ref, resumed)
+    assert not work.exists()
+
+
+def _refused(tmp_path, match, **kw):
+    out = tmp_path / "bad"
+    with pytest.raises(PrecomputeError, match=match):
+        run_precompute(PrecomputeConfig(**{**MICRO, "out": out, **kw}))
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad")]   # no temporary atlas left
+
+
+def test_bad_input_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    _refused(tmp_path, r"layer 30 is outside the model: SmolLM2-135M-Instruct has layers 0\.\.29", layers=[30])
+    _refused(tmp_path, "no layers and no SAEs", layers=[])
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n\n")
+    _refused(tmp_path, "is empty", corpus=str(blank))
+    _refused(tmp_path, "does not exist", corpus=str(tmp_path / "nothing.jsonl"))
+    _refused(tmp_path, "not enough disk space", train_tokens=10 ** 13)
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+
+    StandardSAE(StandardSAEConfig(d_in=768, d_sae=32, metadata=SAEMetadata(hook_name="blocks.1.hook_resid_pre"))
+                ).save_model(tmp_path / "gpt2_sae")
+    _refused(tmp_path, "width 768, but SmolLM2-135M-Instruct has d_model = 576", layers=[],
+             saes=[str(tmp_path / "gpt2_sae")])
+    _refused(tmp_path, "unknown SAE 'nope/x'", layers=[], saes=["nope/x"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _refused(tmp_path, "Hub could not be reached", model="no-such-org/no-such-model")
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(PrecomputeError, match="already exists"):
+        run_precompute(PrecomputeConfig(**MICRO, out=tmp_path / "bad"))
