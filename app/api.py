@@ -491,15 +491,10 @@ def make_router(store: AtlasStore) -> APIRouter:
 
 
 def _brain_entry(brain: dict, affinity: str, k: int) -> dict | None:
-    """The brain.json record for (affinity, k), whatever list/dict layout the stage used."""
-    for key in ("results", "scores", "tests"):
-        rows = brain.get(key)
-        if isinstance(rows, list):
-            for row in rows:
-                if isinstance(row, dict) and row.get("affinity") == affinity and row.get("k") == k:
-                    return row
-        if isinstance(rows, dict):
-            got = rows.get(f"{affinity}:{k}") or (rows.get(affinity) or {}).get(str(k))
-            if got is not None:
-                return got
+    """The brain.json record for (affinity, k): ``results[affinity]`` is a list of per-k rows."""
+    rows = (brain.get("results") or {}).get(affinity)
+    if isinstance(rows, list):
+        for row in rows:
+            if isinstance(row, dict) and row.get("k") == k:
+                return row
     return None

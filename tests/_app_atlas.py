@@ -1,14 +1,14 @@
-"""Atlases for the app's tests: the shared synthetic atlas, with derived files.
+"""Atlases for the app's tests and scripts, with derived files known in advance.
 
-When the geometry stage (``analysis.stage``) exists, the conftest's ``atlas_root`` is used
-as is. Until then (or when it is absent) ``build_app_atlas`` writes the synthetic atlas's raw
-statistics and adds derived files computed directly from the planted truth and the
-decoder (PCA coordinates, exact neighbours, planted lobes, planted crystals with their
-quality, the spectrum) so the app can be tested against known answers either way.
+``build_app_atlas`` writes the synthetic atlas's raw statistics (analysis.synthetic) and adds
+the derived files computed directly from the planted truth and the decoder (PCA
+coordinates, exact neighbours, the planted lobes as the k=4 labels, the planted crystals
+with their quality numbers, the spectrum and its fit). It takes seconds, and the app's
+tests can assert exact answers; ``test_api.py`` checks the real geometry stage's output
+separately.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -24,7 +24,6 @@ from analysis.atlas import AtlasWriter, open_atlas
 from analysis.synthetic import make_synthetic_atlas
 
 REPO = Path(__file__).resolve().parents[1]
-HAS_STAGE = importlib.util.find_spec("analysis.stage") is not None
 
 
 def add_derived(path: Path, k_neighbours: int = 16) -> None:
@@ -63,7 +62,8 @@ def add_derived(path: Path, k_neighbours: int = 16) -> None:
             w.put_array(p + "spectrum.npy", lam)
             r = np.arange(11, min(150, len(lam)) + 1)
             slope, icpt = np.polyfit(np.log10(r), np.log10(lam[r - 1]), 1)
-            w.put_json(p + "galaxy.json", {"alpha": float(-slope), "intercept": float(icpt), "ranks": [11, int(r[-1])]})
+            w.put_json(p + "galaxy.json", {"power_law": {"alpha": float(-slope), "intercept": float(icpt),
+                                                         "ranks": [11, int(r[-1])]}})
 
 
 def build_app_atlas(root: Path, n_features: int = 600) -> Path:
@@ -74,10 +74,8 @@ def build_app_atlas(root: Path, n_features: int = 600) -> Path:
 
 
 def app_atlas_root(request, tmp_path_factory) -> Path:
-    """The folder of atlases the app tests serve (``syn`` inside)."""
-    if HAS_STAGE:
-        return request.getfixturevalue("atlas_root")
-    root = tmp_path_factory.getbasetemp() / "app-atlases"  # built once per session
+    """The folder of atlases the app tests serve (``syn`` inside), built once per session."""
+    root = tmp_path_factory.getbasetemp() / "app-atlases"
     if not (root / "syn" / "manifest.json").is_file():
         root.mkdir(exist_ok=True)
         build_app_atlas(root)

@@ -143,7 +143,7 @@ def test_lobes_search_spectra(client):
     spectra = client.get("/api/atlases/syn/spectra").json()["layers"]
     assert [s["layer"] for s in spectra] == [0, 1, 2] and len(spectra[0]["eigenvalues"]) == 48
     # the planted exponent rises to the middle layer
-    assert spectra[1]["fit"]["alpha"] > spectra[0]["fit"]["alpha"] + 0.1
+    assert spectra[1]["fit"]["power_law"]["alpha"] > spectra[0]["fit"]["power_law"]["alpha"] + 0.1
 
 
 def test_export_csv_and_parquet(client):
@@ -219,3 +219,34 @@ def test_the_server_never_imports_torch(root):
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_the_geometry_stage_output_is_served(tmp_path):
+    """The real geometry stage's files (tiny settings, no UMAP) through the API and every view."""
+    from analysis.synthetic import make_synthetic_atlas
+    from app.data import AtlasStore
+    from app.state import ViewState, resolve
+    from app.views import card, cloud, panels
+
+    make_synthetic_atlas(tmp_path / "staged", n_features=200, d_model=32, layers=(0, 1), n_blocks=300, seed=0,
+                         geometry_config={"affinities": ["phi"], "ks": [2, 4], "n_permutations": 5, "n_random": 5,
+                                          "entropy_bootstrap": 3, "umap": False, "entropy_samples": 200,
+                                          "entropy_components": 10})
+    c = TestClient(create_app(tmp_path))
+    d = c.get("/api/atlases/staged").json()["layers"][0]
+    assert d["layouts"] == ["pca"] and d["lobes"] == {"phi": [2, 4], "geometry": [2, 4]}
+    assert c.get("/api/atlases/staged/layers/0/points", params={"layout": "umap"}).status_code == 404
+    lobes = c.get("/api/atlases/staged/layers/0/lobes", params={"k": 4}).json()
+    assert lobes["stats"]["ami"]["ami"] > 0.3 and all(x["name"] and x["subsets"] for x in lobes["lobes"])
+    assert c.get("/api/atlases/staged/layers/1/features/5").status_code == 200
+    spectra = c.get("/api/atlases/staged/spectra").json()["layers"]
+    assert [s["layer"] for s in spectra] == [0, 1] and spectra[0]["fit"]["power_law"]["alpha"] > 0
+
+    store = AtlasStore(tmp_path)
+    st, notes = resolve(ViewState(atlas="staged", layer=0, layout="umap", f=5, q=0.5), store)
+    assert st.layout == "pca" and st.color == "lobe:phi:4" and len(notes) == 1
+    fig, legend = cloud.figure(store, st)
+    assert len(fig.data) == 5 and len(legend) >= 4
+    assert card.render(store, st)[0].children == "Feature 5"
+    assert "AMI vs geometry" in panels.lobes_panel(store, st)[0].children
+    assert panels.spectra_figure(store, st) is not None

@@ -68,8 +68,10 @@ def page(browser):
 
 
 def open_view(page, url: str, n: int = 600):
+    """Open a URL and wait until the cloud drew ``n`` points and Dash listens to its clicks."""
     page.goto(url)
-    page.wait_for_function(f"() => ({N_POINTS})() === {n}", timeout=45_000)
+    page.wait_for_function(f"() => ({N_POINTS})() === {n} && {GD}._ev && "
+                           f"{GD}._ev.listeners('plotly_click').length > 0", timeout=45_000)
 
 
 def query(page) -> dict:
@@ -173,7 +175,11 @@ def test_partial_updates_keep_the_figure_and_overlays_draw(server, page):
     page.wait_for_function(f"() => Array.isArray({GD}._fullData[0].marker.size) || "
                            f"ArrayBuffer.isView({GD}._fullData[0].marker.size)", timeout=15_000)
     # the update was a Patch: only marker size went over the wire, not the coordinates
-    cloud_updates = [b["response"]["cloud"]["figure"] for b in bodies if "cloud" in b.get("response", {})]
+    for _ in range(50):  # the response event may be handled just after the redraw
+        cloud_updates = [b["response"]["cloud"]["figure"] for b in bodies if "cloud" in b.get("response", {})]
+        if cloud_updates:
+            break
+        page.wait_for_timeout(100)
     assert cloud_updates and all("__dash_patch_update" in u for u in cloud_updates)
     touched = [op["location"] for u in cloud_updates for op in u["operations"]]
     assert ["data", 0, "marker", "size"] in touched and all(loc[:2] != ["data", 0] or loc[2] == "marker"
@@ -189,3 +195,46 @@ def test_partial_updates_keep_the_figure_and_overlays_draw(server, page):
     page.wait_for_function("() => new URLSearchParams(location.search).get('layout') === 'umap'")
     assert card_feature(page) == 5
     assert page.errors == []
+
+
+def test_spectra_search_camera_and_crystal_faces(server, root_faces, page):
+    open_view(page, f"{server}/?atlas=syn&layer=0&layout=pca&color=lobe:phi:4")
+    # a click on layer 2's spectrum opens layer 2
+    page.wait_for_function("() => { const g = document.querySelector('#spectra .js-plotly-plot');"
+                           " return g && g._fullData && g._fullData.length >= 3 }")
+    curve = page.evaluate("() => document.querySelector('#spectra .js-plotly-plot')._fullData"
+                          ".findIndex(t => t.meta === 2)")
+    page.evaluate("(c) => document.querySelector('#spectra .js-plotly-plot')"
+                  ".emit('plotly_click', {points: [{curveNumber: c, pointNumber: 3}]})", curve)
+    page.wait_for_function("() => new URLSearchParams(location.search).get('layer') === '2'")
+
+    # search by token: the hits are links to features whose top tokens include it
+    page.fill("#search-input", "lemma")
+    page.press("#search-input", "Enter")
+    page.wait_for_selector("#search-list a")
+    first = int(page.text_content("#search-list a").strip("#"))
+    page.click("#search-list a")
+    assert card_feature(page) == first
+    assert "lemma" in page.text_content("#card")
+
+    # the camera goes into the URL after a rotation
+    page.evaluate(f"() => Plotly.relayout({GD}, {{'scene.camera': {{eye: {{x: 0.5, y: -1.75, z: 0.25}}}}}})")
+    page.wait_for_function("() => new URLSearchParams(location.search).get('cam') === '0.5,-1.75,0.25'")
+
+    # a crystal partner link in the card draws that face
+    a, face = root_faces
+    open_view(page, f"{server}/?atlas=syn&layer=0&f={a}")
+    page.click("#card-crystals a.facelink")
+    page.wait_for_function(f"() => new URLSearchParams(location.search).get('face') === '{face}'")
+    page.wait_for_function(f"() => {GD}._fullData[4].i && {GD}._fullData[4].i.length === 2")
+    assert page.errors == []
+
+
+@pytest.fixture(scope="module")
+def root_faces(request, tmp_path_factory):
+    """A planted crystal of layer 0: (its first feature, its row in crystals.parquet)."""
+    from analysis.atlas import open_atlas
+
+    t = open_atlas(app_atlas_root(request, tmp_path_factory) / "syn", verify="size").table(
+        "layers/0/crystals.parquet")
+    return int(t["a"].iloc[0]), int(t[t["a"] == t["a"].iloc[0]].index[0])

@@ -3,7 +3,7 @@
 The figure always has the same five traces, so partial updates (dash ``Patch``) can address
 them by index:
 
-    0  every feature (customdata = feature id; colour, size, hover text)
+    0  every feature, in id order (point index = feature id; colour, size, hover text)
     1  neighbour edges of the selected feature (lines)
     2  the selected feature and its neighbours (large markers)
     3  crystal faces above the quality threshold (translucent Mesh3d)
@@ -109,8 +109,7 @@ def selection_traces(store: AtlasStore, st: ViewState, xyz: np.ndarray) -> tuple
     """(edges trace update, selected-markers trace update) for the selected feature."""
     if st.f is None:
         empty = typed(np.zeros(0, np.float32))
-        return {"x": empty, "y": empty, "z": empty}, {"x": empty, "y": empty, "z": empty, "customdata": typed(
-            np.zeros(0, np.int32)), "marker": {"size": 6}}
+        return {"x": empty, "y": empty, "z": empty}, {"x": empty, "y": empty, "z": empty, "marker": {"size": 6}}
     nb, _ = store.neighbours(st.atlas, st.layer, st.f, N_NEIGHBOURS)
     seg = np.full((len(nb), 3, 3), np.nan, np.float32)
     seg[:, 0], seg[:, 1] = xyz[st.f], xyz[nb]
@@ -119,8 +118,7 @@ def selection_traces(store: AtlasStore, st: ViewState, xyz: np.ndarray) -> tuple
     size = np.full(len(pts), 6, np.float32)
     size[0] = 11
     return ({"x": typed(seg[:, 0]), "y": typed(seg[:, 1]), "z": typed(seg[:, 2])},
-            {"x": typed(xyz[pts, 0]), "y": typed(xyz[pts, 1]), "z": typed(xyz[pts, 2]), "customdata": typed(pts),
-             "marker": {"size": typed(size)}})
+            {"x": typed(xyz[pts, 0]), "y": typed(xyz[pts, 1]), "z": typed(xyz[pts, 2]), "marker": {"size": typed(size)}})
 
 
 def _mesh(faces: np.ndarray, xyz: np.ndarray) -> dict:
@@ -163,15 +161,14 @@ def figure(store: AtlasStore, st: ViewState) -> tuple[go.Figure, list]:
     edges, sel = selection_traces(store, st, xyz)
     faces, face = crystal_traces(store, st, xyz)
     points = go.Scatter3d(
-        x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], mode="markers", name="features",
-        customdata=np.arange(n, dtype=np.int32), text=hover_text(store, st, n),
+        x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], mode="markers", name="features", text=hover_text(store, st, n),
         hovertemplate="%{text}<extra></extra>",
         marker={**col["marker"], "size": sizes(store, st, n), "opacity": 0.85, "line": {"width": 0}})
     fig = go.Figure([points,
                      go.Scatter3d(mode="lines", name="neighbours", hoverinfo="skip",
                                   line={"color": "#222", "width": 2}),
                      go.Scatter3d(mode="markers", name="selected", hoverinfo="skip",
-                                  marker={"color": "rgba(0,0,0,0)", "line": {"color": "#000", "width": 2}}),
+                                  marker={"color": "#111", "opacity": 1, "line": {"color": "#fff", "width": 1}}),
                      go.Mesh3d(name="crystals", color="#e45756", opacity=0.25, hoverinfo="skip", flatshading=True),
                      go.Mesh3d(name="face", color="#b10026", opacity=0.75, hoverinfo="skip", flatshading=True)])
     fig.update_traces(edges, selector=1)
@@ -182,7 +179,8 @@ def figure(store: AtlasStore, st: ViewState) -> tuple[go.Figure, list]:
     scene = {"xaxis": axis, "yaxis": axis, "zaxis": axis, "aspectmode": "data", "uirevision": "cloud"}
     if st.cam is not None:
         scene["camera"] = {"eye": dict(zip("xyz", st.cam))}
-    fig.update_layout(scene=scene, margin={"l": 0, "r": 0, "t": 0, "b": 0}, showlegend=False,
+    # template "none": the default template would add ~7 kB of styling to every figure
+    fig.update_layout(scene=scene, margin={"l": 0, "r": 0, "t": 0, "b": 0}, showlegend=False, template="none",
                       uirevision="cloud", paper_bgcolor="white", hovermode="closest")
     return fig, col["legend"]
 

@@ -54,7 +54,7 @@ def page(banner: str | None) -> html.Div:
     ], className="sidebar")
     return html.Div([
         dcc.Location(id="url", refresh=False),
-        dcc.Store(id="view"), dcc.Store(id="rendered"), dcc.Store(id="spectra-key"),
+        dcc.Store(id="view"), dcc.Store(id="rendered"), dcc.Store(id="spectra-key"), dcc.Store(id="spectra-layers"),
         html.Header([html.H1("saegeo"), html.Span("geometry of sparse-autoencoder features", className="muted"),
                      html.Div(banner or "", id="custom-banner", className="banner info" if banner else "")]),
         html.Div(id="banner"),
@@ -92,11 +92,11 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
         Input("url", "search"), Input("atlas-dd", "value"), Input("layer-dd", "value"),
         Input("layout-radio", "value"), Input("color-dd", "value"), Input("aff-dd", "value"), Input("k-dd", "value"),
         Input("size-check", "value"), Input("crystal-check", "value"), Input("q-slider", "value"),
-        Input("cloud", "clickData"), Input("spectra", "clickData"), Input("cloud", "relayoutData"),
-        State("view", "data"),
+        Input("cloud", "clickData"), Input("spectra", "clickData"),
+        State("view", "data"), State("spectra-layers", "data"),
     )
     def controller(search, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v, q_v,
-                   click, sclick, relayout, prev):
+                   click, sclick, prev, curve_layers):
         prop = ctx.triggered[0]["prop_id"] if ctx.triggered else "."
         notes: list[str] = []
         if prop in (".", "url.search") or not prev:
@@ -106,11 +106,26 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
         else:
             st = ViewState(**prev)
             st = _apply_control(store, st, prop, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v, q_v,
-                                click, sclick, relayout)
+                                click, sclick, curve_layers)
             st, _ = resolve(st, store)  # a control can only ask for what exists; snap silently
         query = st.to_query()
         return (query if query != (search or "") else no_update,
                 _notice(notes), st.model_dump(), *_controls(store, st))
+
+    # The camera has its own callback: plotly reports relayouts (autosize, rotation) at any
+    # time, and a controller call started by one would supersede a pending user action.
+    @app.callback(Output("url", "search", allow_duplicate=True), Input("cloud", "relayoutData"),
+                  State("view", "data"), prevent_initial_call=True)
+    def camera(relayout, view):
+        cam = (relayout or {}).get("scene.camera")
+        eye = cam.get("eye") if isinstance(cam, dict) else None
+        if not view or not isinstance(eye, dict) or not all(isinstance(eye.get(c), (int, float)) for c in "xyz"):
+            raise PreventUpdate
+        st = ViewState(**view)
+        cam = tuple(round(float(eye[c]), 2) for c in "xyz")
+        if cam == st.cam:
+            raise PreventUpdate
+        return st.with_(cam=cam).to_query()
 
     @app.callback(Output("cloud", "figure"), Output("rendered", "data"), Output("legend", "children"),
                   Input("view", "data"), State("rendered", "data"))
@@ -143,7 +158,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
         return (card_view.render(store, st, prefix), _exports(store, st, prefix), banner, panels.lobes_panel(store, st))
 
     @app.callback(Output("spectra", "figure"), Output("spectra-note", "children"), Output("spectra-key", "data"),
-                  Input("view", "data"), State("spectra-key", "data"))
+                  Output("spectra-layers", "data"), Input("view", "data"), State("spectra-key", "data"))
     def spectra(view, key):
         if not view or view.get("atlas") is None:
             raise PreventUpdate
@@ -153,8 +168,9 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
         fig = panels.spectra_figure(store, st)
         if fig is None:
             return {"data": [], "layout": {"height": 60}}, html.P(
-                "No eigenvalue spectra in this atlas (run the geometry stage).", className="hint"), [st.atlas, st.layer]
-        return fig, html.P("Click a curve to open that layer.", className="muted"), [st.atlas, st.layer]
+                "No eigenvalue spectra in this atlas (run the geometry stage).", className="hint"), [st.atlas, st.layer], []
+        return (fig, html.P("Click a curve to open that layer.", className="muted"), [st.atlas, st.layer],
+                [t.meta for t in fig.data])
 
     @app.callback(Output("search-results", "children"), Input("search-btn", "n_clicks"),
                   Input("search-input", "n_submit"), State("search-input", "value"), State("view", "data"),
@@ -184,7 +200,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
 
 
 def _apply_control(store: AtlasStore, st: ViewState, prop: str, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v, q_v,
-                   click, sclick, relayout) -> ViewState:
+                   click, sclick, curve_layers=None) -> ViewState:
     src = prop.rsplit(".", 1)[0]
     if src == "atlas-dd" and atlas_v != st.atlas:
         return st.with_(atlas=atlas_v, f=None, face=None)
@@ -207,31 +223,22 @@ def _apply_control(store: AtlasStore, st: ViewState, prop: str, atlas_v, layer_v
     if prop == "cloud.clickData":
         return st.with_(f=_clicked_feature(store, st, click))
     if prop == "spectra.clickData":
-        pts = (sclick or {}).get("points") or [{}]
-        L = pts[0].get("customdata")
-        if L is None:
+        curve = (((sclick or {}).get("points") or [{}])[0]).get("curveNumber")
+        if not isinstance(curve, int) or not curve_layers or not 0 <= curve < len(curve_layers):
             raise PreventUpdate
+        L = curve_layers[curve]
         return st.with_(layer=int(L), f=None, face=None)
-    if prop == "cloud.relayoutData":
-        cam = (relayout or {}).get("scene.camera")
-        eye = cam.get("eye") if isinstance(cam, dict) else None
-        if not eye:
-            raise PreventUpdate
-        return st.with_(cam=tuple(round(float(eye[c]), 2) for c in "xyz"))
     raise PreventUpdate
 
 
 def _clicked_feature(store: AtlasStore, st: ViewState, click) -> int:
     """The feature id of a click on the cloud.
 
-    Dash copies ``customdata`` from ``figure.data``, where typed arrays stay encoded, so the
-    id comes from the point's index: trace 0 holds every feature in order, trace 2 the
-    selected feature then its neighbours.
+    The id comes from the point's index (no customdata needed on the wire): trace 0 holds
+    every feature in order, trace 2 the selected feature then its neighbours.
     """
     pt = ((click or {}).get("points") or [{}])[0]
     curve, idx = pt.get("curveNumber"), pt.get("pointNumber")
-    if isinstance(pt.get("customdata"), int):
-        return pt["customdata"]
     if curve == 0 and isinstance(idx, int):
         return idx
     if curve == 2 and isinstance(idx, int) and st.f is not None:

@@ -12,7 +12,7 @@ from app.views.cloud import colour_of, typed
 
 
 def spectra_figure(store: AtlasStore, st: ViewState) -> go.Figure | None:
-    """Log-log eigenvalue spectra per layer with the power-law fit; customdata = layer."""
+    """Log-log eigenvalue spectra per layer with the power-law fit; ``meta`` of a trace = its layer."""
     a = store.open(st.atlas)
     fig = go.Figure()
     for L in a.layer_ids:
@@ -22,19 +22,20 @@ def spectra_figure(store: AtlasStore, st: ViewState) -> go.Figure | None:
         lam = np.asarray(a.array(rel), dtype=np.float64)
         lam = lam[lam > 0]
         r = np.arange(1, len(lam) + 1)
-        fit = a.json(f"layers/{L}/galaxy.json") if a.has(f"layers/{L}/galaxy.json") else {}
+        galaxy = a.json(f"layers/{L}/galaxy.json") if a.has(f"layers/{L}/galaxy.json") else {}
+        fit = galaxy.get("power_law") or {}
         alpha = fit.get("alpha")
         name = f"layer {L}" + (f"  α={alpha:.2f}" if isinstance(alpha, (int, float)) else "")
         width = 3 if L == st.layer else 1.2
         fig.add_trace(go.Scatter(x=typed(r.astype(np.float32)), y=typed(lam), mode="lines", name=name,
-                                 customdata=typed(np.full(len(r), L, np.int32)), line={"width": width},
+                                 meta=L, line={"width": width},
                                  hovertemplate=f"layer {L}<br>rank %{{x}}: %{{y:.3g}}<extra></extra>"))
         if isinstance(alpha, (int, float)) and isinstance(fit.get("intercept"), (int, float)):
             lo, hi = (fit.get("ranks") or [11, 150])[:2]
             rr = np.array([lo, min(hi, len(lam))], dtype=np.float64)
             fig.add_trace(go.Scatter(x=rr, y=10 ** (fit["intercept"] - alpha * np.log10(rr)), mode="lines",
                                      line={"dash": "dot", "color": "#333", "width": 1}, showlegend=False,
-                                     customdata=[L, L], hoverinfo="skip"))
+                                     meta=L, hoverinfo="skip"))
     if not fig.data:
         return None
     fig.update_layout(xaxis={"type": "log", "title": {"text": "rank"}},
@@ -42,14 +43,6 @@ def spectra_figure(store: AtlasStore, st: ViewState) -> go.Figure | None:
                       height=300, margin={"l": 50, "r": 10, "t": 10, "b": 40}, legend={"font": {"size": 10}},
                       plot_bgcolor="white", uirevision="spectra")
     return fig
-
-
-def spectra_panel(store: AtlasStore, st: ViewState) -> list:
-    fig = spectra_figure(store, st)
-    if fig is None:
-        return [html.P("No eigenvalue spectra in this atlas (run the geometry stage).", className="hint")]
-    return [html.P("Click a curve to open that layer.", className="muted"),
-            dcc.Graph(id="spectra", figure=fig, config={"displayModeBar": False})]
 
 
 def lobes_panel(store: AtlasStore, st: ViewState) -> list:
@@ -81,6 +74,17 @@ def lobes_panel(store: AtlasStore, st: ViewState) -> list:
     if a.has(f"layers/{st.layer}/brain.json"):
         entry = _brain_entry(a.json(f"layers/{st.layer}/brain.json"), aff, k)
         if entry:
-            nums = [f"{key} {v:.3g}" for key, v in entry.items() if isinstance(v, (int, float)) and key != "k"]
-            out.insert(0, html.P(f"{aff}, k={k}: " + "; ".join(nums), className="muted"))
+            out.insert(0, html.P(f"{aff}, k={k}: " + brain_summary(entry), className="muted", id="lobe-stats"))
     return out
+
+
+def brain_summary(entry: dict) -> str:
+    """One line: AMI against geometry and balanced accuracy, each with its z-score."""
+    parts = []
+    ami, reg = entry.get("ami"), entry.get("regression")
+    if isinstance(ami, dict) and isinstance(ami.get("ami"), (int, float)):
+        parts.append(f"AMI vs geometry {ami['ami']:.3f} (z = {ami.get('z', float('nan')):.1f} over permutations)")
+    if isinstance(reg, dict) and isinstance(reg.get("accuracy"), (int, float)):
+        parts.append(f"balanced accuracy from directions {reg['accuracy']:.2f} vs {reg.get('random_mean', 0):.2f} "
+                     f"random (z = {reg.get('z', float('nan')):.1f})")
+    return "; ".join(parts) or "no statistics"
