@@ -26,7 +26,7 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
-from app.data import AFFINITIES, AtlasStore, UnknownAtlas, UnknownItem
+from app.data import AtlasStore, UnknownAtlas, UnknownItem
 from analysis.atlas import AtlasError
 
 Layout = Literal["pca", "umap"]

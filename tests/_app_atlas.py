@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pandas as pd
 
 from analysis.atlas import AtlasWriter, open_atlas
 from analysis.synthetic import make_synthetic_atlas

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
-from dash import dcc, html
+from dash import html
 
 from app.api import _brain_entry
 from app.data import AtlasStore
