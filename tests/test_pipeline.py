@@ -33,7 +33,8 @@ RAW = ["fire_count.npy", "cooc.npz", "subset_fire.npy", "blocks.npz", "block_sub
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "atlas"
-    return run_precompute(PrecomputeConfig(profile="tiny", out=out, progress=False, threads=1))
+    # geometry=False: the geometry stage has its own tests; this keeps the module near a minute
+    return run_precompute(PrecomputeConfig(profile="tiny", out=out, progress=False, threads=1, geometry=False))
 
 
 def test_tiny_profile_writes_a_valid_atlas(tiny):
