@@ -140,6 +140,11 @@ def make_layer(rng: np.random.Generator, n_features: int, d_model: int, n_lobes:
     }
 
 
+# Planted lobes number a handful: k beyond 64 only splits noise, and the full published
+# sweep (k up to 1024) would take minutes for an atlas meant to be tried at once.
+SYNTHETIC_GEOMETRY = {"ks": [2, 3, 4, 8, 16, 32, 64], "n_random": 20}
+
+
 def make_synthetic_atlas(path: str | Path, n_features: int = 1200, d_model: int = 64,
                          layers: tuple[int, ...] = (0, 1, 2), alphas: tuple[float, ...] | None = None,
                          n_lobes: int = 4, n_blocks: int = 2000, block_size: int = 256,
@@ -194,5 +199,5 @@ def make_synthetic_atlas(path: str | Path, n_features: int = 1200, d_model: int 
     if geometry:
         from analysis import stage
 
-        stage.run_geometry(path, stage.GeometryConfig(**(geometry_config or {})))
+        stage.run_geometry(path, stage.GeometryConfig(**(geometry_config or SYNTHETIC_GEOMETRY)))
     return Path(path)

@@ -99,6 +99,8 @@ def precompute(
     profile: Annotated[Optional[str], typer.Option(help="Preset: 'tiny' (tests, ~1 min) or 'demo' (first run, <10 min on 2 cores).")] = None,
     device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda'.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")] = False,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing atlas at --out.")] = False,
 ):
     """Run a model and its SAEs over a corpus and write an atlas (statistics + geometry)."""
     try:
@@ -107,7 +109,8 @@ def precompute(
         _fail(f"the precompute extra is not installed ({e}); run `pip install 'saegeo[precompute]'`")
     if profile not in (None, "tiny", "demo"):
         _fail(f"unknown profile {profile!r}; choose 'tiny' or 'demo'")
-    fields = {"model": model, "corpus": corpus, "device": device, "resume": resume, "profile": profile}
+    fields = {"model": model, "corpus": corpus, "device": device, "resume": resume, "profile": profile,
+              "threads": threads, "overwrite": overwrite}
     if sae:
         fields["saes"] = sae
     if layers:
@@ -120,9 +123,14 @@ def precompute(
     fields["out"] = out or DEFAULT_HOME / (profile or "atlas")
     try:
         cfg = PrecomputeConfig(**fields)
+    except ValueError as e:  # pydantic's ValidationError is a ValueError
+        _fail(f"bad precompute settings: {e}")
+    try:
         path = run_precompute(cfg)
     except PrecomputeError as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        _fail(f"interrupted; run the same command with --resume to continue from the last checkpoint", 130)
     typer.echo(f"wrote atlas {path}")
 
 
@@ -153,18 +161,19 @@ def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")
     from analysis.atlas import validate as check
 
     target = atlas_dir / "demo"
-    if check(target, verify="size"):
-        try:
-            from precompute.pipeline import PrecomputeConfig, PrecomputeError, run_precompute
-        except ImportError as e:
-            typer.echo(f"precompute unavailable ({e}); serving a synthetic atlas instead", err=True)
-            _ensure_synthetic(atlas_dir)
-        else:
-            typer.echo(f"building the demo atlas of the embedded SmolLM2 in {target} (first run only) ...")
+    try:
+        from precompute.pipeline import PrecomputeConfig, PrecomputeError, geometry_done, run_precompute
+    except ImportError as e:
+        typer.echo(f"precompute unavailable ({e}); serving a synthetic atlas instead", err=True)
+        _ensure_synthetic(atlas_dir)
+    else:
+        if check(target, verify="size") or not geometry_done(target):
+            typer.echo(f"building the demo atlas of the embedded SmolLM2 in {target} (first run only; "
+                       f"an interrupted build continues where it stopped) ...")
             try:
                 run_precompute(PrecomputeConfig(profile="demo", out=target, resume=True))
             except PrecomputeError as e:
-                _fail(str(e))
+                _fail(f"{e} (delete {target} to rebuild it from scratch)")
     serve(atlas_dir=atlas_dir, host=host, port=port, synthetic=False)
 
 

@@ -48,11 +48,16 @@ PROFILES: dict[str, dict[str, Any]] = {
     # tests: about a minute on two CPU cores
     "tiny": dict(layers=[2, 5], max_tokens=12_000, train_tokens=12_000, seq_len=256, block_size=64,
                  sae_width=512, sae_k=16, train_epochs=6, batch_size=8, checkpoint_every=4,
-                 eval_tokens=4096, max_stored_blocks=2_000),
+                 eval_tokens=4096, max_stored_blocks=2_000,
+                 geometry_config=dict(ks=[2, 4, 8, 16], n_permutations=20, n_random=10,
+                                      entropy_samples=512, entropy_bootstrap=5)),
     # first run of `make demo`: within ten minutes on two CPU cores, SAE training included
     "demo": dict(layers=[3, 10, 17, 24], max_tokens=64_000, train_tokens=64_000, seq_len=512,
                  block_size=128, sae_width=2048, sae_k=32, train_epochs=2.5, batch_size=8,
-                 checkpoint_every=10, eval_tokens=16_384),
+                 checkpoint_every=10, eval_tokens=16_384,
+                 # k-means for k up to 1024 on 2,048 features alone takes longer than the
+                 # whole budget, and k > 128 leaves a handful of features per lobe at this width
+                 geometry_config=dict(ks=[2, 3, 4, 8, 16, 32, 64, 128], n_random=20)),
 }
 
 
@@ -88,6 +93,7 @@ class PrecomputeConfig(BaseModel):
     seed: int = 0
     word_pairs: bool = True
     geometry: bool = True
+    geometry_config: dict[str, Any] = Field(default_factory=dict)  # GeometryConfig overrides
     progress: bool = True
 
     @model_validator(mode="before")
@@ -441,6 +447,11 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
     t0 = time.time()
     out = Path(cfg.out).expanduser().resolve()
     if out.exists() and not cfg.overwrite:
+        if cfg.resume and _statistics_done(out):
+            # interrupted during the geometry stage: the statistics are complete, finish the rest
+            if cfg.geometry:
+                _geometry(cfg, out)
+            return out
         raise PrecomputeError(f"{out} already exists; choose another --out or pass overwrite")
     work = cfg.work_dir()
     ident = json.dumps(cfg.identity(), sort_keys=True)
@@ -525,15 +536,28 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
     return out
 
 
+def _statistics_done(out: Path) -> bool:
+    from analysis.atlas import validate
+
+    return not validate(out, verify="size")
+
+
+def geometry_done(out: Path) -> bool:
+    """True when every layer of the atlas at ``out`` went through the geometry stage."""
+    from analysis.atlas import open_atlas
+
+    atlas = open_atlas(out, verify="size")
+    return all("geometry" in info.computed for info in atlas.manifest.layers)
+
+
 def _geometry(cfg: PrecomputeConfig, out: Path) -> None:
-    try:
-        from analysis.stage import GeometryConfig, run_geometry
-    except ImportError:
-        _log(cfg, "geometry stage skipped: analysis.stage.run_geometry is not available yet")
+    from analysis.stage import GeometryConfig, run_geometry
+
+    if geometry_done(out):
         return
     t = time.time()
     try:
-        run_geometry(out, GeometryConfig(), progress=cfg.progress)
+        run_geometry(out, GeometryConfig(**cfg.geometry_config), progress=cfg.progress)
     except Exception as e:
         raise PrecomputeError(f"the raw statistics are in {out}, but the geometry stage failed: "
                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e

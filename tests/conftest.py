@@ -5,12 +5,13 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
+# Before numpy/scikit-learn load: OpenMP threads on a busy 2-core machine spin against
+# each other (k-means on a few hundred points went from 0.1 s to 5 s per fit).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from analysis.synthetic import make_synthetic_atlas
+import pytest  # noqa: E402
 
-# The analyses use BLAS; several threads on a 2-core machine only fight each other.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+from analysis.synthetic import make_synthetic_atlas  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,7 +21,8 @@ def atlas_root(tmp_path_factory) -> Path:
     """A folder of atlases as the server sees it: ``syn`` (3 layers, full geometry)."""
     root = tmp_path_factory.mktemp("atlases")
     make_synthetic_atlas(root / "syn", n_features=600, d_model=48, layers=(0, 1, 2), n_blocks=1200, seed=0,
-                         geometry_config={"n_permutations": 10, "n_random": 10})
+                         geometry_config={"n_permutations": 10, "n_random": 10, "affinities": ["phi", "jaccard", "geometry"],
+                                          "ks": [2, 4, 8, 16], "entropy_samples": 600, "entropy_bootstrap": 5})
     return root
 
 
