@@ -10,7 +10,11 @@ Routes (all read-only, under ``/api``):
 * ``GET /atlases/{atlas}/layers/{layer}/lobes`` - lobe sizes, names, corpus-subset composition
 * ``GET /atlases/{atlas}/layers/{layer}/crystals`` - crystal faces with their quality
 * ``GET /atlases/{atlas}/layers/{layer}/search`` - features by id, token or context text
-* ``GET /atlases/{atlas}/layers/{layer}/export`` - a selection of features as CSV or Parquet
+* ``GET /atlases/{atlas}/layers/{layer}/atom`` - crystal counts against their random baseline,
+  the best faces, LDA silhouettes and the word-pair distractor (atom.json)
+* ``GET /atlases/{atlas}/layers/{layer}/export`` - a selection or a lobe of features as CSV or Parquet
+* ``GET /atlases/{atlas}/layers/{layer}/figures/{name}.{html|json}`` - any figure of the explorer
+  as standalone HTML (plotly.js inlined, opens offline) or plotly JSON
 
 Errors are HTTP status codes with a readable ``detail``: 404 for an unknown atlas, layer,
 feature or a result the atlas does not hold; 422 for a malformed parameter; 503 for an atlas
@@ -26,7 +30,9 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
+from app import figures as figs
 from app.data import AtlasStore, UnknownAtlas, UnknownItem
+from app.state import _COLOR, ViewState, resolve_color
 from analysis.atlas import AtlasError
 
 Layout = Literal["pca", "umap"]
@@ -184,6 +190,20 @@ class Spectra(BaseModel):
     layers: list[Spectrum]
 
 
+class AtomSummary(BaseModel):
+    atlas: str
+    layer: int
+    n_faces: int | None = Field(None, description="faces in crystals.parquet (None: crystals not computed)")
+    n_parallelogram: int | None = None
+    n_trapezoid: int | None = None
+    baseline: dict | None = Field(None, description="atom.json crystal_baseline: faces passing the same "
+                                                    "thresholds on random directions of matched norms")
+    best: list[Crystal] = Field(default_factory=list, description="best faces: highest edge cosine first")
+    lda: dict | None = Field(None, description="atom.json lda: silhouette per LDA dimension, raw silhouette")
+    distractor: dict | None = Field(None, description="atom.json distractor: PC1 scores, length differences, r")
+    n_pairs: int | None = None
+
+
 class SearchHit(BaseModel):
     feature: int
     why: str
@@ -264,6 +284,29 @@ def _crystal(i, r) -> Crystal:
                    edge_cos=num("edge_cos"), length_ratio=num("length_ratio"), closing_error=num("closing_error"))
 
 
+def best_faces(tab, n: int = 15):
+    """The ``n`` best faces: highest edge cosine, then smallest closing error."""
+    by = [c for c in ("edge_cos", "closing_error") if c in tab]
+    if by:
+        tab = tab.sort_values(by, ascending=[c != "edge_cos" for c in by], kind="stable")
+    return tab.head(n)
+
+
+def atom_summary(store: AtlasStore, atlas: str, layer: int, n_best: int = 15) -> AtomSummary:
+    a = store.layer(atlas, layer)
+    tab = store.crystals(atlas, layer)
+    atom = a.json(f"layers/{layer}/atom.json") if a.has(f"layers/{layer}/atom.json") else {}
+    out = AtomSummary(atlas=atlas, layer=layer, baseline=atom.get("crystal_baseline"), lda=atom.get("lda"),
+                      distractor=atom.get("distractor"), n_pairs=atom.get("n_pairs"))
+    if tab is not None:
+        kinds = tab["kind"].astype(str) if "kind" in tab else None
+        out.n_faces = len(tab)
+        if kinds is not None:
+            out.n_parallelogram, out.n_trapezoid = int((kinds == "parallelogram").sum()), int((kinds == "trapezoid").sum())
+        out.best = [_crystal(i, r) for i, r in best_faces(tab, n_best).iterrows()]
+    return out
+
+
 def search(store: AtlasStore, atlas: str, layer: int, q: str, limit: int = 20) -> list[SearchHit]:
     """Features by id (``123`` or ``#123``), then by top token, then by text in contexts."""
     q = q.strip()
@@ -309,6 +352,39 @@ def _parse_features(spec: str, n: int) -> np.ndarray:
             raise HTTPException(422, detail=f"features: {part!r} is outside 0..{n - 1}")
         out.extend(range(lo, hi + 1))
     return np.unique(np.asarray(out, dtype=np.int64))
+
+
+def _parse_lobe(store: AtlasStore, atlas: str, layer: int, spec: str) -> np.ndarray:
+    """``"phi:8:3"`` (affinity:k:lobe) -> the ids of lobe 3 of the phi lobes with k=8."""
+    m = re.fullmatch(r"([a-z_]{1,20}):(\d{1,5}):(-?\d{1,5})", spec.strip())
+    if not m:
+        raise HTTPException(422, detail=f"lobe: {spec[:40]!r} is not affinity:k:lobe, e.g. phi:8:3")
+    labels = store.lobes(atlas, layer, m[1], int(m[2]))
+    if labels is None:
+        ks = store.lobe_options(atlas, layer).get(m[1])
+        raise UnknownItem(f"no {m[1]} lobes with k={m[2]} in layer {layer} (computed: {ks or 'none'})")
+    ids = np.flatnonzero(labels == int(m[3]))
+    if not len(ids):
+        raise UnknownItem(f"{m[1]} lobes with k={m[2]} of layer {layer} have no lobe {m[3]}")
+    return ids
+
+
+def figure_state(store: AtlasStore, atlas: str, layer: int, layout: str, color: str, f: int | None,
+                 q: float | None, face: int | None, size: bool) -> ViewState:
+    """The view a figure is drawn for; 404 for what this layer does not hold."""
+    store.layer(atlas, layer)
+    if not _COLOR.match(color):
+        raise HTTPException(422, detail=f"color: {color[:40]!r}; use lobe:<affinity>:<k>, freq, subset or geometry:<k>")
+    resolved, why = resolve_color(color, store, atlas, layer)
+    if why:
+        raise UnknownItem(f"color={color}: " + why.split(";")[0])
+    if f is not None:
+        store.check_feature(atlas, layer, f)
+    if face is not None:
+        tab = store.crystals(atlas, layer)
+        if tab is None or not 0 <= face < len(tab):
+            raise UnknownItem(f"layer {layer} has no crystal face {face}")
+    return ViewState(atlas=atlas, layer=layer, layout=layout, color=resolved, f=f, q=q, face=face, size=size)
 
 
 def selection_table(store: AtlasStore, atlas: str, layer: int, features: np.ndarray, layout: str = "pca"):
@@ -472,18 +548,65 @@ def make_router(store: AtlasStore) -> APIRouter:
            responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}})
     def export(atlas: str, layer: int,
                features: str = Query("", max_length=100_000, description="ids and ranges, e.g. 1,2,10-20; empty = all"),
+               lobe: str = Query("", max_length=60, description="the features of one lobe, affinity:k:lobe, e.g. "
+                                                                "phi:8:3 (instead of features)"),
                format: Literal["csv", "parquet"] = "csv", layout: Layout = "pca") -> Response:
         def build():
             n = store.n_features(atlas, layer)
-            sel = _parse_features(features, n) if features.strip() else np.arange(n)
+            if features.strip() and lobe.strip():
+                raise HTTPException(422, detail="give features or lobe, not both")
+            if lobe.strip():
+                sel = _parse_lobe(store, atlas, layer, lobe)
+            else:
+                sel = _parse_features(features, n) if features.strip() else np.arange(n)
             df = selection_table(store, atlas, layer, sel, layout)
-            fname = f"{atlas}-layer{layer}-features.{format}"
+            what = "lobe-" + lobe.strip().replace(":", "-") if lobe.strip() else "features"
+            fname = f"{atlas}-layer{layer}-{what}.{format}"
             head = {"Content-Disposition": f'attachment; filename="{fname}"'}
             if format == "csv":
                 return Response(df.to_csv(index=False), media_type="text/csv", headers=head)
             buf = io.BytesIO()
             df.to_parquet(buf, index=False)
             return Response(buf.getvalue(), media_type="application/vnd.apache.parquet", headers=head)
+
+        return guard(build)
+
+    @r.get("/atlases/{atlas}/layers/{layer}/atom", response_model=AtomSummary,
+           summary="Crystals against their random baseline, best faces, LDA silhouette, distractor")
+    def atom(atlas: str, layer: int, best: int = Query(15, ge=0, le=1000, description="best faces to list")) -> AtomSummary:
+        return guard(atom_summary, store, atlas, layer, best)
+
+    @r.get("/atlases/{atlas}/layers/{layer}/figures/{name}.{fmt}",
+           summary="A figure of the explorer as standalone HTML or plotly JSON",
+           description="Figures: " + ", ".join(figs.FIGURES) + ". HTML inlines plotly.js (opens offline); "
+                       "JSON is the plotly figure (data and layout). PNG and SVG are rendered by plotly.js in "
+                       "the browser from the same figures (the PNG/SVG buttons under each figure). The query "
+                       "parameters are the permalink's: they choose what the cloud, the lobe heat map and the "
+                       "activation histogram show. 404: unknown figure, or one whose data this atlas lacks.",
+           responses={200: {"content": {"text/html": {}, "application/json": {}}}})
+    def figure(atlas: str, layer: int, name: str, fmt: str, layout: Layout = "pca",
+               color: str = Query("lobe", max_length=40, description="lobe:<affinity>:<k>, freq, subset, geometry:<k>"),
+               f: int | None = Query(None, description="selected feature (cloud overlays, activations)"),
+               q: float | None = Query(None, ge=-1, le=1, description="crystal overlay: minimum edge cosine"),
+               face: int | None = Query(None, ge=0, description="crystal face drawn (row of crystals.parquet)"),
+               size: bool = Query(False, description="size cloud points by firing frequency")) -> Response:
+        if name not in figs.FIGURES:
+            raise HTTPException(404, detail=f"no figure {name[:40]!r}; figures: {', '.join(figs.FIGURES)}")
+        if fmt not in ("html", "json"):
+            raise HTTPException(404, detail=f"figures are served as .html or .json, not .{fmt[:10]}; "
+                                            "PNG and SVG come from the buttons under each figure in the explorer")
+
+        def build():
+            st = figure_state(store, atlas, layer, layout, color, f, q, face, size)
+            fig = figs.FIGURES[name](store, st)
+            if fig is None:
+                raise UnknownItem(f"layer {layer} of atlas {atlas!r} lacks the data of figure {name!r}"
+                                  + (" (select a feature with f=)" if name == "activations" and f is None else ""))
+            title = f"{atlas}-layer{layer}-{name}"
+            if fmt == "json":
+                return Response(fig.to_json(), media_type="application/json")
+            return Response(figs.standalone_html(fig, title), media_type="text/html",
+                            headers={"Content-Disposition": f'inline; filename="{title}.html"'})
 
         return guard(build)
 

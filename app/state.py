@@ -5,7 +5,8 @@
 Keys: ``atlas``, ``layer``, ``layout`` (pca | umap), ``color`` (``lobe:<affinity>:<k>``,
 ``freq``, ``subset``, ``geometry:<k>``), ``size`` (``freq`` to size points by firing
 frequency), ``f`` (selected feature), ``face`` (crystal row drawn), ``q`` (minimum crystal
-edge cosine; absent = no crystal overlay), ``cam`` (camera eye ``x,y,z``).
+edge cosine; absent = no crystal overlay), ``panel`` (the panel open below the cloud:
+``spectra``, the default and left out, ``lobes`` or ``crystals``), ``cam`` (camera eye ``x,y,z``).
 
 Parsing never fails: ``parse_query`` keeps every well-formed value and reports the others
 as readable problems; ``resolve`` then moves a parsed state to the nearest view that the
@@ -24,6 +25,7 @@ from app.data import AFFINITIES, AtlasStore, UnknownAtlas, UnknownItem, valid_na
 from analysis.atlas import AtlasError
 
 _MAX_QUERY = 2000
+PANELS = ("spectra", "lobes", "crystals")
 
 
 class ViewState(BaseModel):
@@ -35,6 +37,7 @@ class ViewState(BaseModel):
     f: int | None = None
     face: int | None = None
     q: float | None = None
+    panel: Literal["spectra", "lobes", "crystals"] = "spectra"
     cam: tuple[float, float, float] | None = None
 
     def to_query(self) -> str:
@@ -54,6 +57,8 @@ class ViewState(BaseModel):
             items.append(("q", _num(self.q)))
         if self.face is not None:
             items.append(("face", str(self.face)))
+        if self.panel != "spectra":
+            items.append(("panel", self.panel))
         if self.cam is not None:
             items.append(("cam", ",".join(_num(v) for v in self.cam)))
         return "?" + urlencode(items, safe=":,")
@@ -111,6 +116,11 @@ def parse_query(search: str | None) -> tuple[ViewState, list[str]]:
             s["size"] = True
         elif raw["size"] not in ("", "0", "none", "false"):
             bad("size", "use size=freq")
+    if "panel" in raw:
+        if raw["panel"] in PANELS:
+            s["panel"] = raw["panel"]
+        else:
+            bad("panel", "use " + ", ".join(PANELS))
     if "q" in raw:
         try:
             q = float(raw["q"])
@@ -127,7 +137,7 @@ def parse_query(search: str | None) -> tuple[ViewState, list[str]]:
             s["cam"] = cam
         except ValueError:
             bad("cam", "use three numbers x,y,z")
-    unknown = sorted(set(raw) - {"atlas", "layer", "layout", "color", "size", "f", "face", "q", "cam"})
+    unknown = sorted(set(raw) - {"atlas", "layer", "layout", "color", "size", "f", "face", "q", "panel", "cam"})
     if unknown:
         problems.append("ignored unknown parameter(s): " + ", ".join(_short(k) for k in unknown[:5]))
     return ViewState(**s), problems

@@ -5,7 +5,10 @@ the derived files computed directly from the planted truth and the decoder (PCA
 coordinates, exact neighbours, the planted lobes as the k=4 labels, the planted crystals
 with their quality numbers, the spectrum and its fit). It takes seconds, and the app's
 tests can assert exact answers; ``test_api.py`` checks the real geometry stage's output
-separately.
+separately. Layer files of the geometry stage that the panels read (``galaxy.json`` with its
+interval, isotropic baseline and negentropy; ``lobe_subsets.parquet``; ``atom.json`` from
+planted word pairs and the random crystal baseline) come from the analysis functions
+themselves on the synthetic data.
 """
 from __future__ import annotations
 
@@ -18,7 +21,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 
+from analysis import atom, brain, galaxy
 from analysis.atlas import AtlasWriter, open_atlas
 from analysis.synthetic import make_synthetic_atlas
 
@@ -59,10 +64,45 @@ def add_derived(path: Path, k_neighbours: int = 16) -> None:
             w.put_table(p + "crystals.parquet", faces)
             lam = s ** 2 / (len(W) - 1)
             w.put_array(p + "spectrum.npy", lam)
-            r = np.arange(11, min(150, len(lam)) + 1)
-            slope, icpt = np.polyfit(np.log10(r), np.log10(lam[r - 1]), 1)
-            w.put_json(p + "galaxy.json", {"power_law": {"alpha": float(-slope), "intercept": float(icpt),
-                                                         "ranks": [11, int(r[-1])]}})
+            w.put_json(p + "galaxy.json", {
+                "power_law": galaxy.power_law_fit(lam), "isotropic": galaxy.isotropic_baseline(*W.shape),
+                "entropy": galaxy.clustering_entropy(W, n_samples=300, n_components=10, n_bootstrap=3)})
+            labels4 = rows[1]
+            tally = brain.lobe_subset_tally(atlas.sparse(p + "blocks.npz"), np.asarray(atlas.array(p + "block_subset.npy")),
+                                            labels4, len(atlas.manifest.corpus.subsets))
+            w.put_table(p + "lobe_subsets.parquet", pd.DataFrame(
+                [("phi", 4, lobe, atlas.manifest.corpus.subsets[s], int(tally[lobe, s]))
+                 for lobe, s in zip(*np.nonzero(tally))], columns=["affinity", "k", "lobe", "subset", "blocks"]))
+            pairs, h_in, h_out = planted_word_pairs(W.shape[1], seed=L)
+            report = atom.atom_report(h_in, h_out, pairs["task"], pairs["input_last_token"],
+                                      pairs["output_last_token"])
+            report["crystal_baseline"] = atom.crystal_baseline(W, n_repeats=2)
+            w.put_json(p + "atom.json", report)
+            if L == atlas.layer_ids[0]:
+                w.put_table("wordpairs/pairs.parquet", pairs)
+
+
+def planted_word_pairs(d: int, n_tasks: int = 4, per_task: int = 12, seed: int = 0):
+    """Word pairs whose differences are a task direction plus a token-length distractor.
+
+    Returns (pairs table as in docs/atlas.md, h_in [P, d], h_out [P, d]): the difference of
+    a pair is ``3 * task_direction + (len(input) - len(output)) * length_direction + noise``,
+    so PC1 follows the length gap and LDA separates the tasks.
+    """
+    rng = np.random.default_rng(100 + seed)
+    tasks = np.repeat([f"task{t}" for t in range(n_tasks)], per_task)
+    task_dir = rng.standard_normal((n_tasks, d))
+    length_dir = rng.standard_normal(d)
+    n_in = rng.integers(2, 10, len(tasks))
+    n_out = rng.integers(2, 10, len(tasks))
+    diff = (3 * task_dir[np.repeat(np.arange(n_tasks), per_task)] + (n_in - n_out)[:, None] * length_dir
+            + 0.3 * rng.standard_normal((len(tasks), d)))
+    h_out = rng.standard_normal((len(tasks), d))
+    inp = ["x" * int(n) for n in n_in]
+    out = ["y" * int(n) for n in n_out]
+    pairs = pd.DataFrame({"task": tasks, "input": inp, "output": out, "input_last_token": inp,
+                          "output_last_token": out})
+    return pairs, (h_out + diff).astype(np.float32), h_out.astype(np.float32)
 
 
 def build_app_atlas(root: Path, n_features: int = 600) -> Path:

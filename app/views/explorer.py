@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
+from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import DependencyException, PreventUpdate
 
 from app.data import AtlasStore, UnknownAtlas, UnknownItem
 from app.state import ViewState, parse_query, resolve
+from app import figures
 from app.views import card as card_view
 from app.views import cloud, panels
 from analysis.atlas import AtlasError
@@ -23,6 +24,8 @@ from analysis.atlas import AtlasError
 STATIC = Path(__file__).resolve().parents[2] / "static"
 COLOR_KINDS = [{"label": "lobe (co-occurrence)", "value": "lobe"}, {"label": "geometry cluster", "value": "geometry"},
                {"label": "firing frequency (log)", "value": "freq"}, {"label": "corpus subset", "value": "subset"}]
+GRAPH_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
+PANEL_IDS = ("spectra", "lobes", "crystals")
 
 
 def _control(label: str, comp) -> html.Div:
@@ -61,16 +64,29 @@ def page(banner: str | None) -> html.Div:
         html.Div(id="notice"),
         html.Div([
             sidebar,
-            html.Div(dcc.Graph(id="cloud", config={"displaylogo": False, "scrollZoom": True},
-                               style={"height": "72vh"}), className="main"),
+            html.Div([dcc.Graph(id="cloud", config={"displaylogo": False, "scrollZoom": True},
+                                style={"height": "72vh"}),
+                      html.Div(id="cloud-exports", className="fexports")], className="main"),
             html.Div(id="card", className="card"),
         ], className="grid"),
         html.Div([
-            html.Section([html.H3("Spectra"), html.Div(id="spectra-note"),
-                          dcc.Graph(id="spectra", config={"displayModeBar": False}, style={"height": "300px"})],
-                         className="panel"),
-            html.Section([html.H3("Lobes"), html.Div(id="lobes")], className="panel"),
+            dcc.Tabs(id="panel-tabs", value="spectra", className="panel-tabs", children=[
+                dcc.Tab(label=label, value=value, className="ptab", selected_className="ptab-on")
+                for value, label in (("spectra", "Spectra"), ("lobes", "Lobes"), ("crystals", "Crystals"))]),
+            html.Section([
+                html.Div(id="spectra-note"),
+                html.Div([
+                    html.Div([dcc.Graph(id="spectra", config=GRAPH_CONFIG, style={"height": "320px"}),
+                              html.Div(id="spectra-exports", className="fexports")], className="pcell wide"),
+                    html.Div([dcc.Graph(id="alpha-fig", config=GRAPH_CONFIG, style={"height": "320px"}),
+                              html.Div(id="alpha-exports", className="fexports")], className="pcell"),
+                    html.Div([dcc.Graph(id="negentropy-fig", config=GRAPH_CONFIG, style={"height": "320px"}),
+                              html.Div(id="negentropy-exports", className="fexports")], className="pcell"),
+                ], className="prow")], id="panel-spectra", className="panel"),
+            html.Section(html.Div(id="lobes"), id="panel-lobes", className="panel hidden"),
+            html.Section(html.Div(id="crystals"), id="panel-crystals", className="panel hidden"),
         ], className="panels"),
+        dcc.Store(id="img-export-done"),
     ], className="page")
 
 
@@ -89,14 +105,16 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
         Output("color-dd", "value"), Output("aff-dd", "options"), Output("aff-dd", "value"),
         Output("k-dd", "options"), Output("k-dd", "value"),
         Output("size-check", "value"), Output("crystal-check", "value"), Output("q-slider", "value"),
+        Output("panel-tabs", "value"), *[Output(f"panel-{p}", "className") for p in PANEL_IDS],
         Input("url", "search"), Input("atlas-dd", "value"), Input("layer-dd", "value"),
         Input("layout-radio", "value"), Input("color-dd", "value"), Input("aff-dd", "value"), Input("k-dd", "value"),
         Input("size-check", "value"), Input("crystal-check", "value"), Input("q-slider", "value"),
-        Input("cloud", "clickData"), Input("spectra", "clickData"),
+        Input("cloud", "clickData"), Input("spectra", "clickData"), Input("panel-tabs", "value"),
+        Input("alpha-fig", "clickData"), Input("negentropy-fig", "clickData"),
         State("view", "data"), State("spectra-layers", "data"),
     )
     def controller(search, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v, q_v,
-                   click, sclick, prev, curve_layers):
+                   click, sclick, panel_v, aclick, nclick, prev, curve_layers):
         prop = ctx.triggered[0]["prop_id"] if ctx.triggered else "."
         notes: list[str] = []
         if prop in (".", "url.search") or not prev:
@@ -105,8 +123,15 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
             notes += more
         else:
             st = ViewState(**prev)
-            st = _apply_control(store, st, prop, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v, q_v,
-                                click, sclick, curve_layers)
+            if prop == "panel-tabs.value":
+                if panel_v == st.panel or panel_v not in PANEL_IDS:
+                    raise PreventUpdate
+                st = st.with_(panel=panel_v)
+            elif prop in ("alpha-fig.clickData", "negentropy-fig.clickData"):
+                st = _clicked_layer(st, aclick if prop.startswith("alpha") else nclick)
+            else:
+                st = _apply_control(store, st, prop, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v,
+                                    q_v, click, sclick, curve_layers)
             st, _ = resolve(st, store)  # a control can only ask for what exists; snap silently
         query = st.to_query()
         return (query if query != (search or "") else no_update,
@@ -146,31 +171,46 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
         return p, view, no_update if legend is None else _legend(legend)
 
     @app.callback(Output("card", "children"), Output("exports", "children"), Output("banner", "children"),
-                  Output("lobes", "children"), Input("view", "data"))
+                  Output("lobes", "children"), Output("crystals", "children"), Output("cloud-exports", "children"),
+                  Input("view", "data"))
     def side(view):
         if not view or view.get("atlas") is None:
-            return [], [], [], []
+            return [], [], [], [], [], []
         st = ViewState(**view)
         m = store.open(st.atlas).manifest
         banner = html.Div(f"Synthetic atlas: {m.title or st.atlas} holds generated data with planted structure, "
                           "not measurements of a model.", className="banner synthetic", id="synthetic-banner") \
             if m.synthetic else []
-        return (card_view.render(store, st, prefix), _exports(store, st, prefix), banner, panels.lobes_panel(store, st))
+        # a closed panel keeps what it showed; opening it is a view change that redraws it
+        lobes = panels.lobes_panel(store, st, prefix) if st.panel == "lobes" else no_update
+        crystals = panels.crystals_panel(store, st, prefix) if st.panel == "crystals" else no_update
+        return (card_view.render(store, st, prefix), _exports(store, st, prefix), banner, lobes, crystals,
+                panels.figure_exports("cloud", st, prefix))
 
     @app.callback(Output("spectra", "figure"), Output("spectra-note", "children"), Output("spectra-key", "data"),
-                  Output("spectra-layers", "data"), Input("view", "data"), State("spectra-key", "data"))
+                  Output("spectra-layers", "data"), Output("alpha-fig", "figure"), Output("negentropy-fig", "figure"),
+                  Output("spectra-exports", "children"), Output("alpha-exports", "children"),
+                  Output("negentropy-exports", "children"), Input("view", "data"), State("spectra-key", "data"))
     def spectra(view, key):
         if not view or view.get("atlas") is None:
             raise PreventUpdate
         st = ViewState(**view)
         if key == [st.atlas, st.layer]:
             raise PreventUpdate
-        fig = panels.spectra_figure(store, st)
+        fig = figures.spectra(store, st)
+        extra = []
+        for name in ("alpha", "negentropy"):
+            f = figures.FIGURES[name](store, st)
+            extra += [f if f is not None else EMPTY_FIG]
+        exports = [panels.figure_exports(n, st, prefix) if f is not None else []
+                   for n, f in (("spectra", fig), ("alpha", extra[0] if extra[0] is not EMPTY_FIG else None),
+                                ("negentropy", extra[1] if extra[1] is not EMPTY_FIG else None))]
         if fig is None:
-            return {"data": [], "layout": {"height": 60}}, html.P(
-                "No eigenvalue spectra in this atlas (run the geometry stage).", className="hint"), [st.atlas, st.layer], []
-        return (fig, html.P("Click a curve to open that layer.", className="muted"), [st.atlas, st.layer],
-                [t.meta for t in fig.data])
+            return (EMPTY_FIG, html.P("No eigenvalue spectra in this atlas (run the geometry stage).", className="hint"),
+                    [st.atlas, st.layer], [], *extra, *exports)
+        return (fig, html.P("Click a curve or a layer's point to open that layer. Dashed grey: isotropic cloud of "
+                            "the same shape and total variance; dotted: power-law fit.", className="muted"),
+                [st.atlas, st.layer], [t.meta for t in fig.data], *extra, *exports)
 
     @app.callback(Output("search-results", "children"), Input("search-btn", "n_clicks"),
                   Input("search-input", "n_submit"), State("search-input", "value"), State("view", "data"),
@@ -196,7 +236,30 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
     app.clientside_callback(
         "function(s) { return window.location.origin + window.location.pathname + (s || ''); }",
         Output("permalink", "value"), Input("url", "search"))
+    # PNG and SVG of any figure, rendered by plotly.js from the figure on the page
+    app.clientside_callback(
+        """function(clicks) {
+            const t = dash_clientside.callback_context.triggered;
+            if (!t || !t.length || !t[0].value) { return dash_clientside.no_update; }
+            const id = JSON.parse(t[0].prop_id.slice(0, t[0].prop_id.lastIndexOf('.')));
+            const gd = document.querySelector('#' + CSS.escape(id.graph) + ' .js-plotly-plot');
+            if (!gd) { return dash_clientside.no_update; }
+            Plotly.downloadImage(gd, {format: id.fmt, filename: id.name, scale: id.fmt === 'png' ? 2 : 1});
+            return id.name + '.' + id.fmt;
+        }""", Output("img-export-done", "data"),
+        Input({"type": "img-export", "graph": ALL, "fmt": ALL, "name": ALL}, "n_clicks"), prevent_initial_call=True)
     return app
+
+
+EMPTY_FIG = {"data": [], "layout": {"height": 60, "xaxis": {"visible": False}, "yaxis": {"visible": False}}}
+
+
+def _clicked_layer(st: ViewState, click) -> ViewState:
+    """The layer of a point clicked on a per-layer plot (its x value)."""
+    x = (((click or {}).get("points") or [{}])[0]).get("x")
+    if not isinstance(x, (int, float)) or int(x) == st.layer:
+        raise PreventUpdate
+    return st.with_(layer=int(x), f=None, face=None)
 
 
 def _apply_control(store: AtlasStore, st: ViewState, prop: str, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v, q_v,
@@ -252,7 +315,8 @@ def _clicked_feature(store: AtlasStore, st: ViewState, click) -> int:
 def _controls(store: AtlasStore, st: ViewState) -> tuple:
     """Options and values of every control for a resolved state."""
     if st.atlas is None:
-        return ([], None, [], None, [], None, None, [], None, [], None, [], [], 0.9)
+        return ([], None, [], None, [], None, None, [], None, [], None, [], [], 0.9, "spectra",
+                *["panel" if p == "spectra" else "panel hidden" for p in PANEL_IDS])
     names = store.names()
     layers = store.open(st.atlas).layer_ids
     layouts = store.layouts(st.atlas, st.layer) or ["pca"]
@@ -267,7 +331,8 @@ def _controls(store: AtlasStore, st: ViewState) -> tuple:
             [{"label": f" {x.upper()}", "value": x, "disabled": x not in layouts} for x in ("pca", "umap")], st.layout,
             kind, [{"label": a, "value": a} for a in cooc], aff,
             [{"label": str(x), "value": x} for x in ks], k,
-            ["freq"] if st.size else [], ["on"] if st.q is not None else [], st.q if st.q is not None else 0.9)
+            ["freq"] if st.size else [], ["on"] if st.q is not None else [], st.q if st.q is not None else 0.9,
+            st.panel, *["panel" if p == st.panel else "panel hidden" for p in PANEL_IDS])
 
 
 def _notice(notes: list[str]):

@@ -1,55 +1,65 @@
-"""Side panels: eigenvalue spectra of every layer, and the lobes of the current colouring."""
+"""The panels below the cloud: spectra of every layer, the lobes of the current colouring, the
+crystals of the current layer; and the export row under every figure.
+
+The figures themselves are built in app.figures (the API serves the same ones as HTML).
+"""
 from __future__ import annotations
+
+from urllib.parse import urlencode
 
 import numpy as np
 import plotly.graph_objects as go
-from dash import html
+from dash import dcc, html
 
-from app.api import _brain_entry
+from app import figures
+from app.api import _brain_entry, atom_summary
 from app.data import AtlasStore
 from app.state import ViewState
-from app.views.cloud import colour_of, typed
+from app.views.card import link
+from app.views.cloud import colour_of
+
+GRAPH_IDS = {"cloud": "cloud", "spectra": "spectra"}  # others: "<name>-fig"
+CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
+
+
+def figure_exports(name: str, st: ViewState, prefix: str = "/") -> html.Div:
+    """"PNG · SVG · HTML" for figure ``name``: PNG and SVG made by plotly.js from the figure on
+    the page, HTML (standalone, plotly.js inlined) from the API with the view's parameters."""
+    graph = GRAPH_IDS.get(name, f"{name}-fig")
+    fname = f"{st.atlas}-layer{st.layer}-{name}"
+    params = {"layout": st.layout, "color": st.color}
+    for key in ("f", "q", "face"):
+        if getattr(st, key) is not None:
+            params[key] = getattr(st, key)
+    if st.size:
+        params["size"] = "true"
+    href = (f"{prefix.rstrip('/')}/api/atlases/{st.atlas}/layers/{st.layer}/figures/{name}.html?"
+            + urlencode(params, safe=":,"))
+    btn = [html.Button(fmt.upper(), id={"type": "img-export", "graph": graph, "fmt": fmt, "name": fname},
+                       className="linkbtn", title=f"download this figure as {fmt.upper()}") for fmt in ("png", "svg")]
+    return html.Div([html.Span("download ", className="muted"), btn[0], " · ", btn[1], " · ",
+                     html.A("HTML", href=href, target="_blank", rel="noopener", className="html-export",
+                            title="standalone interactive HTML (opens offline)")],
+                    className="fexports", id=f"{name}-exports-row")
+
+
+def _graph(name: str, fig, st: ViewState, prefix: str, height: int | None = None) -> html.Div:
+    style = {"height": f"{height or fig.layout.height or 320}px"}
+    return html.Div([dcc.Graph(id=f"{name}-fig", figure=fig, config=CONFIG, style=style),
+                     figure_exports(name, st, prefix)], className="pcell")
 
 
 def spectra_figure(store: AtlasStore, st: ViewState) -> go.Figure | None:
     """Log-log eigenvalue spectra per layer with the power-law fit; ``meta`` of a trace = its layer."""
-    a = store.open(st.atlas)
-    fig = go.Figure()
-    for L in a.layer_ids:
-        rel = f"layers/{L}/spectrum.npy"
-        if not a.has(rel):
-            continue
-        lam = np.asarray(a.array(rel), dtype=np.float64)
-        lam = lam[lam > 0]
-        r = np.arange(1, len(lam) + 1)
-        galaxy = a.json(f"layers/{L}/galaxy.json") if a.has(f"layers/{L}/galaxy.json") else {}
-        fit = galaxy.get("power_law") or {}
-        alpha = fit.get("alpha")
-        name = f"layer {L}" + (f"  α={alpha:.2f}" if isinstance(alpha, (int, float)) else "")
-        width = 3 if L == st.layer else 1.2
-        fig.add_trace(go.Scatter(x=typed(r.astype(np.float32)), y=typed(lam), mode="lines", name=name,
-                                 meta=L, line={"width": width},
-                                 hovertemplate=f"layer {L}<br>rank %{{x}}: %{{y:.3g}}<extra></extra>"))
-        if isinstance(alpha, (int, float)) and isinstance(fit.get("intercept"), (int, float)):
-            lo, hi = (fit.get("ranks") or [11, 150])[:2]
-            rr = np.array([lo, min(hi, len(lam))], dtype=np.float64)
-            fig.add_trace(go.Scatter(x=rr, y=10 ** (fit["intercept"] - alpha * np.log10(rr)), mode="lines",
-                                     line={"dash": "dot", "color": "#333", "width": 1}, showlegend=False,
-                                     meta=L, hoverinfo="skip"))
-    if not fig.data:
-        return None
-    fig.update_layout(xaxis={"type": "log", "title": {"text": "rank"}},
-                      yaxis={"type": "log", "title": {"text": "eigenvalue"}},
-                      height=300, margin={"l": 50, "r": 10, "t": 10, "b": 40}, legend={"font": {"size": 10}},
-                      plot_bgcolor="white", uirevision="spectra")
-    return fig
+    return figures.spectra(store, st)
 
 
-def lobes_panel(store: AtlasStore, st: ViewState) -> list:
-    kind, *rest = st.color.split(":")
-    if kind not in ("lobe", "geometry"):
+def lobes_panel(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
+    """Sizes, names, subset composition (table and heat map), statistics and exports of the lobes."""
+    choice = figures.lobe_choice(st)
+    if choice is None:
         return [html.P("Colour by lobe or geometry cluster to list its lobes here.", className="hint")]
-    aff, k = (rest[0], int(rest[1])) if kind == "lobe" else ("geometry", int(rest[0]))
+    aff, k = choice
     lab = store.lobes(st.atlas, st.layer, aff, k)
     names = store.lobe_names(st.atlas, st.layer, aff, k)
     ids, sizes = np.unique(lab[lab >= 0], return_counts=True)
@@ -59,23 +69,74 @@ def lobes_panel(store: AtlasStore, st: ViewState) -> list:
         t = t[(t["affinity"] == aff) & (t["k"] == k)]
         for lobe, s, b in zip(t["lobe"], t["subset"], t["blocks"]):
             comp.setdefault(int(lobe), {})[str(s)] = int(b)
+    base = f"{prefix.rstrip('/')}/api/atlases/{st.atlas}/layers/{st.layer}/export?layout={st.layout}"
     rows = []
     for i, n in zip(ids, sizes):
         c = comp.get(int(i), {})
         tot = sum(c.values()) or 1
         top = ", ".join(f"{s} {b / tot:.0%}" for s, b in sorted(c.items(), key=lambda x: -x[1])[:3])
+        spec = f"{aff}:{k}:{int(i)}"
         rows.append(html.Tr([html.Td(html.Span(className="swatch", style={"background": colour_of(int(i))})),
                              html.Td(str(int(i))), html.Td(str(int(n))), html.Td(names.get(int(i), "")),
-                             html.Td(top)]))
-    out = [html.Table([html.Thead(html.Tr([html.Th(""), html.Th("lobe"), html.Th("size"), html.Th("top tokens"),
-                                           html.Th("blocks won (subset)")])), html.Tbody(rows)],
-                      className="lobes", id="lobes-table")]
+                             html.Td(top),
+                             html.Td([html.A("CSV", href=f"{base}&format=csv&lobe={spec}", download=""), " · ",
+                                      html.A("Parquet", href=f"{base}&format=parquet&lobe={spec}", download="")],
+                                     className="lobe-export")]))
+    table = html.Table([html.Thead(html.Tr([html.Th(""), html.Th("lobe"), html.Th("size"), html.Th("top tokens"),
+                                            html.Th("blocks won (subset)"), html.Th("features")])),
+                        html.Tbody(rows)], className="lobes", id="lobes-table")
+    left = [table]
     a = store.open(st.atlas)
     if a.has(f"layers/{st.layer}/brain.json"):
         entry = _brain_entry(a.json(f"layers/{st.layer}/brain.json"), aff, k)
         if entry:
-            out.insert(0, html.P(f"{aff}, k={k}: " + brain_summary(entry), className="muted", id="lobe-stats"))
-    return out
+            left.insert(0, html.P(f"{aff}, k={k}: " + brain_summary(entry), className="muted", id="lobe-stats"))
+    heat = figures.lobe_subsets(store, st)
+    right = [_graph("lobe-subsets", heat, st, prefix)] if heat is not None else [
+        html.P("No corpus-subset tally for these lobes (lobe_subsets.parquet).", className="hint")]
+    return [html.Div([html.Div(left, className="pcell"), *right], className="prow")]
+
+
+def crystals_panel(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
+    """Face counts against the random baseline, the best faces (links), LDA silhouette, distractor."""
+    s = atom_summary(store, st.atlas, st.layer, n_best=15)
+    left: list = []
+    if s.n_faces is None:
+        left.append(html.P("No crystals in this layer (the geometry stage's crystal search).", className="hint"))
+    else:
+        text = f"{s.n_faces} faces ({s.n_parallelogram} parallelograms, {s.n_trapezoid} trapezoids)"
+        b = s.baseline or {}
+        if isinstance(b.get("faces_mean"), (int, float)):
+            per = ", ".join(str(x) for x in b.get("n_faces", []))
+            text += (f"; random directions of matched {b.get('match', 'norms')}: {b['faces_mean']:.1f} faces on "
+                     f"average ({per} over {b.get('n_repeats', '?')} draws)")
+        else:
+            text += "; no random baseline in this atlas"
+        left.append(html.P(text, id="crystal-counts"))
+        rows = []
+        for x in s.best:
+            q = f"cos {x.edge_cos:.3f}" if x.edge_cos is not None else ""
+            if x.length_ratio is not None:
+                q += f", ratio {x.length_ratio:.2f}"
+            ids = []
+            for sep, v in (("", x.a), (" − ", x.b), (" ≈ ", x.c), (" − ", x.d)):
+                ids += [sep, link(st, prefix, f"#{v}", f=v)]
+            rows.append(html.Li([link(st, prefix, x.kind, "facelink", face=x.index, f=x.a), ": "] + ids
+                                + [html.Span(f"  ({q})", className="muted")]))
+        if rows:
+            left += [html.H4("Best faces (click to draw)"), html.Ol(rows, id="best-faces", className="nlist")]
+    right = []
+    for name in ("silhouette", "distractor"):
+        fig = figures.FIGURES[name](store, st)
+        if fig is not None:
+            right.append(_graph(name, fig, st, prefix, 300))
+    if not right:
+        right.append(html.P("No word-pair analysis in this layer (atom.json: capture word pairs in precompute).",
+                            className="hint"))
+    elif s.lda and isinstance(s.lda.get("best_dim"), int):
+        left.append(html.P(f"{s.n_pairs} word pairs; best LDA dimension {s.lda['best_dim']}; raw silhouette "
+                           f"{s.lda.get('raw_silhouette', float('nan')):.3f}", className="muted", id="atom-note"))
+    return [html.Div([html.Div(left, className="pcell faces"), *right], className="prow")]
 
 
 def brain_summary(entry: dict) -> str:

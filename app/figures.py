@@ -1,0 +1,262 @@
+"""Every figure the explorer draws, as plain plotly figures of one view.
+
+The Dash views draw them, and the API serves them as standalone HTML (plotly.js inlined, no
+network needed) or as plotly JSON. PNG and SVG are rendered in the browser by plotly.js
+(``Plotly.downloadImage``) from the same figures, so every figure has one builder here:
+
+    FIGURES[name](store, st) -> go.Figure | None      (None: the atlas lacks the data)
+
+``st`` is a resolved ``ViewState`` (atlas, layer, layout, colouring, selected feature, ...).
+
+* ``cloud``        the 3-D feature cloud with its overlays (app.views.cloud)
+* ``spectra``      every layer's eigenvalue spectrum, log-log, with its power-law fit and the
+                   isotropic baseline of the current layer (METHODS 3)
+* ``alpha``        the power-law exponent alpha against layer with its 95 % interval
+* ``negentropy``   clustering negentropy against layer with its bootstrap std
+* ``lobe-subsets`` corpus-subset composition of the lobes of the current colouring (heat map)
+* ``silhouette``   task silhouette against LDA dimension (METHODS 2; atom.json)
+* ``distractor``   word-pair PC1 score against the last-token length difference (atom.json)
+* ``activations``  activation histogram of the selected feature
+"""
+from __future__ import annotations
+
+import html as _html
+
+import numpy as np
+import plotly.graph_objects as go
+
+from app.data import AtlasStore
+from app.state import ViewState
+from app.views import cloud as cloud_view
+from app.views.cloud import PALETTE, typed
+
+_SMALL = {"margin": {"l": 55, "r": 10, "t": 30, "b": 40}, "plot_bgcolor": "white", "template": "none",
+          "title": {"font": {"size": 13}, "x": 0.02, "xanchor": "left"}}
+_GRID = {"showgrid": True, "gridcolor": "#eee", "zeroline": False}
+
+
+def _galaxies(store: AtlasStore, atlas: str) -> dict[int, dict]:
+    a = store.open(atlas)
+    return {L: a.json(f"layers/{L}/galaxy.json") for L in a.layer_ids if a.has(f"layers/{L}/galaxy.json")}
+
+
+def _num(x) -> bool:
+    return isinstance(x, (int, float)) and np.isfinite(x)
+
+
+def spectra(store: AtlasStore, st: ViewState) -> go.Figure | None:
+    """Log-log spectra; ``meta`` of every trace is its layer (a click opens that layer).
+
+    The isotropic baseline is drawn for the current layer only: an isotropic cloud of the same
+    shape and total variance, whose finite-sample spectrum has the fitted slope of
+    ``galaxy.json["isotropic"]`` (flat for infinitely many features).
+    """
+    a = store.open(st.atlas)
+    galaxies = _galaxies(store, st.atlas)
+    fig = go.Figure()
+    for i, L in enumerate(a.layer_ids):
+        rel = f"layers/{L}/spectrum.npy"
+        if not a.has(rel):
+            continue
+        lam = np.asarray(a.array(rel), dtype=np.float64)
+        lam = lam[lam > 0]
+        r = np.arange(1, len(lam) + 1)
+        fit = galaxies.get(L, {}).get("power_law") or {}
+        alpha = fit.get("alpha")
+        colour = PALETTE[i % len(PALETTE)]
+        name = f"layer {L}" + (f"  α={alpha:.2f}" if _num(alpha) else "")
+        fig.add_trace(go.Scatter(x=typed(r.astype(np.float32)), y=typed(lam), mode="lines", name=name, meta=L,
+                                 line={"width": 3 if L == st.layer else 1.2, "color": colour},
+                                 hovertemplate=f"layer {L}<br>rank %{{x}}: %{{y:.3g}}<extra></extra>"))
+        if _num(alpha) and _num(fit.get("intercept")):
+            lo, hi = (fit.get("ranks") or [11, 150])[:2]
+            rr = np.array([lo, min(hi, len(lam))], dtype=np.float64)
+            fig.add_trace(go.Scatter(x=rr, y=10 ** (fit["intercept"] - alpha * np.log10(rr)), mode="lines",
+                                     line={"dash": "dot", "color": "#333", "width": 1}, showlegend=False,
+                                     meta=L, hoverinfo="skip"))
+        if L == st.layer and len(lam):
+            iso = (galaxies.get(L, {}).get("isotropic") or {}).get("alpha")
+            iso = iso if _num(iso) else 0.0
+            rr = np.array([1.0, float(len(lam))])
+            mid = np.sqrt(len(lam))
+            fig.add_trace(go.Scatter(x=rr, y=lam.mean() * (rr / mid) ** -iso, mode="lines", meta=L,
+                                     name=f"isotropic (layer {L})", hoverinfo="skip",
+                                     line={"dash": "dash", "color": "#999", "width": 1.5}))
+    if not fig.data:
+        return None
+    fig.update_layout(xaxis={"type": "log", "title": {"text": "rank"}, **_GRID},
+                      yaxis={"type": "log", "title": {"text": "eigenvalue"}, **_GRID},
+                      legend={"font": {"size": 10}}, uirevision="spectra", **{**_SMALL, "title": None})
+    return fig
+
+
+def _per_layer(store: AtlasStore, st: ViewState, part: str, key: str, err: str, title: str, ytitle: str,
+               baseline: tuple[str, str] | None = None) -> go.Figure | None:
+    rows = [(L, (g.get(part) or {}).get(key), (g.get(part) or {}).get(err),
+             (g.get(baseline[0]) or {}).get(baseline[1]) if baseline else None)
+            for L, g in _galaxies(store, st.atlas).items()]
+    rows = [r for r in rows if _num(r[1])]
+    if not rows:
+        return None
+    L, y, e, b = zip(*rows)
+    e = [v if _num(v) else 0.0 for v in e]
+    fig = go.Figure(go.Scatter(x=list(L), y=list(y), mode="lines+markers", name=ytitle,
+                               error_y={"type": "data", "array": e, "visible": True, "thickness": 1.5, "width": 5},
+                               marker={"size": [12 if v == st.layer else 7 for v in L], "color": "#1f5fbf"},
+                               hovertemplate="layer %{x}: %{y:.3f} ± %{error_y.array:.3f}<extra></extra>"))
+    if baseline and any(_num(v) for v in b):
+        fig.add_trace(go.Scatter(x=list(L), y=[v if _num(v) else None for v in b], mode="lines",
+                                 name="isotropic baseline", line={"dash": "dash", "color": "#999"},
+                                 hovertemplate="isotropic: %{y:.3f}<extra></extra>"))
+    fig.update_layout(title={**_SMALL["title"], "text": title}, showlegend=False,
+                      xaxis={"title": {"text": "layer"}, "tickmode": "array", "tickvals": list(L), **_GRID},
+                      yaxis={"title": {"text": ytitle}, **_GRID},
+                      **{k: v for k, v in _SMALL.items() if k != "title"})
+    return fig
+
+
+def alpha(store: AtlasStore, st: ViewState) -> go.Figure | None:
+    """Power-law exponent per layer with its 95 % interval (dashed: isotropic cloud's slope)."""
+    return _per_layer(store, st, "power_law", "alpha", "ci95", "power-law exponent α (95% interval)", "α",
+                      baseline=("isotropic", "alpha"))
+
+
+def negentropy(store: AtlasStore, st: ViewState) -> go.Figure | None:
+    """Clustering negentropy per layer with its bootstrap std."""
+    return _per_layer(store, st, "entropy", "negentropy", "negentropy_std", "clustering negentropy (± bootstrap std)",
+                      "negentropy (nats)")
+
+
+def lobe_choice(st: ViewState) -> tuple[str, int] | None:
+    """(affinity, k) of a lobe or geometry colouring; None for the others."""
+    kind, *rest = st.color.split(":")
+    if kind == "lobe" and len(rest) == 2:
+        return rest[0], int(rest[1])
+    if kind == "geometry" and rest:
+        return "geometry", int(rest[0])
+    return None
+
+
+def lobe_subsets(store: AtlasStore, st: ViewState) -> go.Figure | None:
+    """Heat map lobe x corpus subset: share of each lobe's blocks won in each subset."""
+    choice = lobe_choice(st)
+    t = store.table(st.atlas, st.layer, "lobe_subsets.parquet")
+    if choice is None or t is None:
+        return None
+    aff, k = choice
+    t = t[(t["affinity"] == aff) & (t["k"] == k)]
+    if not len(t):
+        return None
+    subsets = list(store.open(st.atlas).manifest.corpus.subsets) or sorted(t["subset"].unique())
+    subsets += sorted(set(map(str, t["subset"])) - set(subsets))
+    lobes = sorted(int(x) for x in t["lobe"].unique())
+    M = np.zeros((len(lobes), len(subsets)), dtype=np.int64)
+    for lobe, s, b in zip(t["lobe"], t["subset"], t["blocks"]):
+        M[lobes.index(int(lobe)), subsets.index(str(s))] += int(b)
+    share = M / np.maximum(M.sum(1, keepdims=True), 1)
+    names = store.lobe_names(st.atlas, st.layer, aff, k)
+    ylab = [f"{i}: {names.get(i, '')[:24]}" for i in lobes]
+    fig = go.Figure(go.Heatmap(z=share, x=subsets, y=ylab, customdata=M, colorscale="Blues", zmin=0, zmax=1,
+                               colorbar={"title": {"text": "share"}, "thickness": 10},
+                               hovertemplate="lobe %{y}<br>%{x}: %{customdata} blocks (%{z:.0%})<extra></extra>"))
+    fig.update_layout(title={**_SMALL["title"], "text": f"corpus-subset composition ({aff}, k={k})"},
+                      yaxis={"autorange": "reversed", "tickfont": {"size": 10}}, xaxis={"side": "bottom"},
+                      height=max(220, 60 + 18 * len(lobes)),
+                      **{**{kk: v for kk, v in _SMALL.items() if kk != "title"},
+                         "margin": {"l": 170, "r": 10, "t": 30, "b": 40}})
+    return fig
+
+
+def _atom(store: AtlasStore, st: ViewState) -> dict | None:
+    a = store.layer(st.atlas, st.layer)
+    rel = f"layers/{st.layer}/atom.json"
+    return a.json(rel) if a.has(rel) else None
+
+
+def silhouette(store: AtlasStore, st: ViewState) -> go.Figure | None:
+    """Task silhouette against the number of LDA dimensions, with the raw differences' level."""
+    lda = (_atom(store, st) or {}).get("lda") or {}
+    dims, sil = lda.get("dims"), lda.get("silhouette")
+    if not dims or not sil or len(dims) != len(sil):
+        return None
+    fig = go.Figure(go.Scatter(x=dims, y=sil, mode="lines+markers", name="LDA", line={"color": "#1f5fbf"},
+                               hovertemplate="%{x} dimensions: %{y:.3f}<extra></extra>"))
+    for key, label, dash in (("raw_silhouette", "raw differences", "dash"),
+                             ("raw_removed_silhouette", "raw, PC1 removed", "dot")):
+        if _num(lda.get(key)):
+            fig.add_trace(go.Scatter(x=[dims[0], dims[-1]], y=[lda[key]] * 2, mode="lines", name=label,
+                                     line={"dash": dash, "color": "#888"},
+                                     hovertemplate=f"{label}: %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(title={**_SMALL["title"], "text": f"task silhouette vs LDA dimension (layer {st.layer})"},
+                      xaxis={"title": {"text": "LDA dimensions"}, "dtick": 1, **_GRID},
+                      yaxis={"title": {"text": "silhouette"}, **_GRID},
+                      legend={"font": {"size": 10}, "x": 1, "xanchor": "right", "y": 0.05},
+                      **{k: v for k, v in _SMALL.items() if k != "title"})
+    return fig
+
+
+def distractor(store: AtlasStore, st: ViewState) -> go.Figure | None:
+    """PC1 score of each word-pair difference against its last-token length difference."""
+    d = (_atom(store, st) or {}).get("distractor") or {}
+    x, y = d.get("length_diff"), d.get("scores")
+    if not x or not y or len(x) != len(y):
+        return None
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    a = store.open(st.atlas)
+    pairs = a.table("wordpairs/pairs.parquet") if a.has("wordpairs/pairs.parquet") else None
+    fig = go.Figure()
+    if pairs is not None and len(pairs) == len(x):
+        text = (pairs["input"].astype(str) + " → " + pairs["output"].astype(str)).to_numpy()
+        for i, task in enumerate(sorted(pairs["task"].astype(str).unique())):
+            m = (pairs["task"].astype(str) == task).to_numpy()
+            fig.add_trace(go.Scatter(x=x[m], y=y[m], mode="markers", name=task, text=text[m],
+                                     marker={"size": 6, "color": PALETTE[i % len(PALETTE)], "opacity": 0.8},
+                                     hovertemplate="%{text}<br>Δlen %{x}, PC1 %{y:.2f}<extra>" + task + "</extra>"))
+    else:
+        fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name="pairs", marker={"size": 6, "color": "#1f5fbf"},
+                                 hovertemplate="Δlen %{x}, PC1 %{y:.2f}<extra></extra>"))
+    r = d.get("pearson_r")
+    title = "distractor: PC1 vs last-token length difference"
+    if _num(r):
+        title += f" (r = {r:.2f})"
+    fig.update_layout(title={**_SMALL["title"], "text": title}, legend={"font": {"size": 9}},
+                      xaxis={"title": {"text": "len(input token) − len(output token)"}, **_GRID},
+                      yaxis={"title": {"text": "PC1 score"}, **_GRID},
+                      **{k: v for k, v in _SMALL.items() if k != "title"})
+    return fig
+
+
+def activations(store: AtlasStore, st: ViewState) -> go.Figure | None:
+    """Activation histogram of the selected feature (log-spaced bins)."""
+    a = store.layer(st.atlas, st.layer)
+    p = f"layers/{st.layer}/"
+    if st.f is None or not (a.has(p + "act_hist.npy") and a.has(p + "act_hist_edges.npy")):
+        return None
+    e = np.asarray(a.array(p + "act_hist_edges.npy"), dtype=np.float64)
+    counts = np.asarray(a.array(p + "act_hist.npy")[st.f])
+    if not counts.sum():
+        return None
+    fig = go.Figure(go.Bar(x=np.sqrt(e[:-1] * np.maximum(e[1:], 1e-12)), y=counts, width=np.diff(e),
+                           marker_color="#4c78a8", hovertemplate="%{x:.3g}: %{y}<extra></extra>"))
+    fig.update_layout(height=120, margin={"l": 30, "r": 5, "t": 5, "b": 25}, bargap=0, template="none",
+                      xaxis={"type": "log", "title": {"text": "activation", "standoff": 2}},
+                      yaxis={"title": {"text": ""}}, plot_bgcolor="white")
+    return fig
+
+
+def cloud(store: AtlasStore, st: ViewState) -> go.Figure | None:
+    if store.coords(st.atlas, st.layer, st.layout) is None:
+        return None
+    return cloud_view.figure(store, st)[0]
+
+
+FIGURES = {"cloud": cloud, "spectra": spectra, "alpha": alpha, "negentropy": negentropy,
+           "lobe-subsets": lobe_subsets, "silhouette": silhouette, "distractor": distractor,
+           "activations": activations}
+
+
+def standalone_html(fig: go.Figure, title: str) -> str:
+    """One self-contained HTML page (plotly.js inlined: opens offline)."""
+    page = fig.to_html(include_plotlyjs=True, full_html=True, div_id="figure",
+                       config={"displaylogo": False, "toImageButtonOptions": {"filename": title}})
+    return page.replace("<head>", f"<head><title>{_html.escape(title)}</title>", 1)
