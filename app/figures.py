@@ -108,6 +108,10 @@ def _per_layer(store: AtlasStore, st: ViewState, part: str, key: str, err: str, 
         fig.add_trace(go.Scatter(x=list(L), y=[v if _num(v) else None for v in b], mode="lines",
                                  name="isotropic baseline", line={"dash": "dash", "color": "#999"},
                                  hovertemplate="isotropic: %{y:.3f}<extra></extra>"))
+        last = next((v for v in reversed(b) if _num(v)), None)
+        if last is not None:
+            fig.add_annotation(x=L[-1], y=last, text="isotropic", showarrow=False, xanchor="right", yanchor="bottom",
+                               font={"size": 10, "color": "#888"})
     fig.update_layout(title={**_SMALL["title"], "text": title}, showlegend=False,
                       xaxis={"title": {"text": "layer"}, "tickmode": "array", "tickvals": list(L), **_GRID},
                       yaxis={"title": {"text": ytitle}, **_GRID},

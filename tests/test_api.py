@@ -249,3 +249,141 @@ def test_the_geometry_stage_output_is_served(tmp_path):
     assert card.render(store, st)[0].children == "Feature 5"
     assert "AMI vs geometry" in panels.lobes_panel(store, st)[0].children
     assert panels.spectra_figure(store, st) is not None
+
+
+# --------------------------------------------------------------------------- figures and lobe exports
+
+
+def figure_of(page: str) -> dict:
+    """The figure inside a standalone HTML page: the JSON arguments of ``Plotly.newPlot("figure", ...)``."""
+    import json
+    from html.parser import HTMLParser
+
+    class Scripts(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.scripts, self.srcs, self._in = [], [], False
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "script":
+                self._in = True
+                self.scripts.append("")
+                self.srcs += [v for k, v in attrs if k == "src"]
+
+        def handle_endtag(self, tag):
+            self._in = tag != "script" and self._in
+
+        def handle_data(self, data):
+            if self._in:
+                self.scripts[-1] += data
+
+    p = Scripts()
+    p.feed(page)
+    assert p.srcs == [], "a standalone page loads no script from elsewhere"
+    (js,) = [s for s in p.scripts if 'Plotly.newPlot(' in s and '"figure"' in s]
+    dec = json.JSONDecoder()
+    pos = js.index('"figure"', js.index("Plotly.newPlot(")) + len('"figure"')
+    pos = js.index("[", pos)
+    data, end = dec.raw_decode(js, pos)
+    layout, _ = dec.raw_decode(js, js.index("{", end))
+    return {"data": data, "layout": layout, "plotly_js": any("plotly.js v" in s or "Plotly" in s[:5000]
+                                                            for s in p.scripts if len(s) > 1_000_000)}
+
+
+def values(v) -> np.ndarray:
+    """A plotly array: a list, or a typed-array spec ``{dtype, bdata[, shape]}``."""
+    import base64
+
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]).newbyteorder("<"))
+        return a.reshape([int(x) for x in str(v["shape"]).split(",")]) if "shape" in v else a
+    return np.asarray(v, dtype=float)
+
+
+def test_figures_as_standalone_html_hold_the_atlas_numbers(client, root):
+    atlas = open_atlas(root / "syn", verify="size")
+    base = "/api/atlases/syn/layers/1/figures"
+    galaxies = [atlas.json(f"layers/{L}/galaxy.json") for L in (0, 1, 2)]
+    fig = figure_of(client.get(f"{base}/alpha.html").text)
+    assert fig["plotly_js"]  # plotly.js inlined: the page opens offline
+    alpha = fig["data"][0]
+    np.testing.assert_allclose(values(alpha["y"]), [g["power_law"]["alpha"] for g in galaxies])
+    np.testing.assert_allclose(values(alpha["error_y"]["array"]), [g["power_law"]["ci95"] for g in galaxies])
+    np.testing.assert_allclose(values(fig["data"][1]["y"]), [g["isotropic"]["alpha"] for g in galaxies])
+    neg = figure_of(client.get(f"{base}/negentropy.html").text)["data"][0]
+    np.testing.assert_allclose(values(neg["y"]), [g["entropy"]["negentropy"] for g in galaxies])
+
+    # spectra: one curve per layer (meta = layer) holding its eigenvalues, and the isotropic line
+    spec = figure_of(client.get(f"{base}/spectra.html").text)["data"]
+    curves = {t["meta"]: values(t["y"]) for t in spec if t.get("mode") == "lines" and "dash" not in t.get("line", {})}
+    np.testing.assert_allclose(curves[2], np.asarray(atlas.array("layers/2/spectrum.npy")), rtol=1e-6)
+    assert any(t.get("name") == "isotropic (layer 1)" for t in spec)
+
+    # the cloud of the permalink's view: coordinates of the layout, the chosen face drawn
+    cloud = figure_of(client.get(f"{base}/cloud.html", params={"layout": "umap", "face": 2, "f": 3}).text)["data"]
+    np.testing.assert_allclose(np.c_[values(cloud[0]["x"]), values(cloud[0]["y"]), values(cloud[0]["z"])],
+                               np.asarray(atlas.array("layers/1/coords_umap.npy")), rtol=1e-6)
+    assert len(values(cloud[4]["i"])) == 2 and len(values(cloud[2]["x"])) == 11
+
+    # lobe heat map: planted lobe i wins blocks of subset i only (lobe_subsets.parquet)
+    heat = figure_of(client.get(f"{base}/lobe-subsets.html", params={"color": "lobe:phi:4"}).text)["data"][0]
+    z = values(heat["z"]).reshape(4, -1)
+    np.testing.assert_allclose(z.sum(1), 1)
+    np.testing.assert_allclose(np.diag(z), 1)
+
+    atom = atlas.json("layers/1/atom.json")
+    sil = figure_of(client.get(f"{base}/silhouette.html").text)["data"]
+    np.testing.assert_allclose(values(sil[0]["y"]), atom["lda"]["silhouette"])
+    assert values(sil[1]["y"])[0] == pytest.approx(atom["lda"]["raw_silhouette"])
+    dis = figure_of(client.get(f"{base}/distractor.html").text)["data"]
+    assert len(dis) == 4 and sum(len(values(t["x"])) for t in dis) == atom["n_pairs"] == 48
+    hist = client.get(f"{base}/activations.json", params={"f": 7}).json()["data"][0]
+    assert values(hist["y"]).tolist() == np.asarray(atlas.array("layers/1/act_hist.npy")[7]).tolist()
+
+
+@pytest.mark.parametrize("url, status, needle", [
+    ("/api/atlases/syn/layers/1/figures/nope.html", 404, "no figure 'nope'"),
+    ("/api/atlases/syn/layers/1/figures/spectra.png", 404, "PNG and SVG"),
+    ("/api/atlases/syn/layers/9/figures/spectra.html", 404, "has no layer 9"),
+    ("/api/atlases/nope/layers/1/figures/spectra.html", 404, "no atlas named"),
+    ("/api/atlases/syn/layers/1/figures/activations.html", 404, "select a feature"),
+    ("/api/atlases/syn/layers/1/figures/cloud.html?f=600", 404, "no feature 600"),
+    ("/api/atlases/syn/layers/1/figures/cloud.html?color=lobe:phi:5", 404, "k=5"),
+    ("/api/atlases/syn/layers/1/figures/cloud.html?face=99", 404, "no crystal face 99"),
+    ("/api/atlases/syn/layers/1/figures/cloud.html?color=rainbow", 422, "color"),
+    ("/api/atlases/syn/layers/1/figures/lobe-subsets.html?color=freq", 404, "lacks the data"),
+])
+def test_figure_errors(client, url, status, needle):
+    r = client.get(url)
+    assert r.status_code == status and needle in str(r.json()["detail"])
+
+
+def test_figure_route_is_documented(client):
+    op = client.get("/openapi.json").json()["paths"]["/api/atlases/{atlas}/layers/{layer}/figures/{name}.{fmt}"]["get"]
+    assert "lobe-subsets" in op["description"] and {p["name"] for p in op["parameters"]} >= {"color", "f", "face"}
+
+
+def test_lobe_export_opens_in_pandas(client, root):
+    labels = np.asarray(open_atlas(root / "syn", verify="size").array("layers/1/lobes_phi.npy"))[1]
+    r = client.get("/api/atlases/syn/layers/1/export", params={"lobe": "phi:4:2"})
+    assert r.status_code == 200 and "lobe-phi-4-2.csv" in r.headers["content-disposition"]
+    df = pd.read_csv(io.StringIO(r.text))
+    assert list(df["feature"]) == list(np.flatnonzero(labels == 2)) and (df["lobe_phi_4"] == 2).all()
+    r = client.get("/api/atlases/syn/layers/1/export", params={"lobe": "geometry:2:0", "format": "parquet"})
+    pq = pd.read_parquet(io.BytesIO(r.content))
+    assert len(pq) > 100 and (pq["lobe_geometry_2"] == 0).all()
+    for bad, status in (("phi:4:9", 404), ("phi:5:0", 404), ("phi:4", 422), ("<b>:1:1", 422)):
+        assert client.get("/api/atlases/syn/layers/1/export", params={"lobe": bad}).status_code == status, bad
+    r = client.get("/api/atlases/syn/layers/1/export", params={"lobe": "phi:4:1", "features": "1,2"})
+    assert r.status_code == 422 and "not both" in r.json()["detail"]
+
+
+def test_atom_summary(client, root):
+    atlas = open_atlas(root / "syn", verify="size")
+    s = client.get("/api/atlases/syn/layers/0/atom", params={"best": 5}).json()
+    faces = atlas.table("layers/0/crystals.parquet")
+    assert s["n_faces"] == len(faces) == s["n_parallelogram"] + s["n_trapezoid"] and s["n_parallelogram"] == 6
+    assert s["baseline"] == atlas.json("layers/0/atom.json")["crystal_baseline"] and s["baseline"]["n_repeats"] == 2
+    cos = [b["edge_cos"] for b in s["best"]]
+    assert len(cos) == 5 and cos == sorted(cos, reverse=True) and cos[0] == pytest.approx(faces["edge_cos"].max())
+    assert s["lda"]["dims"] == [2, 3] and s["distractor"]["pearson_r"] > 0.9  # the planted length distractor

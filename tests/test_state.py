@@ -21,12 +21,16 @@ def test_round_trip_is_short_and_readable():
     back, problems = parse_query(q)
     assert problems == [] and back == st
     assert ViewState(atlas="a", layer=0).to_query() == "?atlas=a&layer=0&layout=pca&color=lobe"
+    # the open panel is part of the view (the default, spectra, is left out)
+    st = ViewState(atlas="a", layer=0, panel="crystals", face=2)
+    assert st.to_query() == "?atlas=a&layer=0&layout=pca&color=lobe&face=2&panel=crystals"
+    assert parse_query(st.to_query()) == (st, [])
 
 
 @pytest.mark.parametrize("query, key", [
     ("layer=ten", "layer"), ("layout=tsne", "layout"), ("color=rainbow", "color"), ("color=lobe:phi:x", "color"),
     ("f=1e3", "f"), ("q=2", "q"), ("cam=1,2", "cam"), ("cam=a,b,c", "cam"), ("atlas=../etc", "atlas"),
-    ("atlas=..", "atlas"), ("size=huge", "size"),
+    ("atlas=..", "atlas"), ("size=huge", "size"), ("panel=cloud", "panel"),
 ])
 def test_malformed_values_are_dropped_with_a_message(query, key):
     st, problems = parse_query("?" + query)

@@ -85,16 +85,16 @@ def lobes_panel(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
     table = html.Table([html.Thead(html.Tr([html.Th(""), html.Th("lobe"), html.Th("size"), html.Th("top tokens"),
                                             html.Th("blocks won (subset)"), html.Th("features")])),
                         html.Tbody(rows)], className="lobes", id="lobes-table")
-    left = [table]
+    out = []
     a = store.open(st.atlas)
     if a.has(f"layers/{st.layer}/brain.json"):
         entry = _brain_entry(a.json(f"layers/{st.layer}/brain.json"), aff, k)
         if entry:
-            left.insert(0, html.P(f"{aff}, k={k}: " + brain_summary(entry), className="muted", id="lobe-stats"))
+            out.append(html.P(f"{aff}, k={k}: " + brain_summary(entry), className="muted", id="lobe-stats"))
     heat = figures.lobe_subsets(store, st)
     right = [_graph("lobe-subsets", heat, st, prefix)] if heat is not None else [
         html.P("No corpus-subset tally for these lobes (lobe_subsets.parquet).", className="hint")]
-    return [html.Div([html.Div(left, className="pcell"), *right], className="prow")]
+    return out + [html.Div([html.Div(table, className="pcell"), *right], className="prow")]
 
 
 def crystals_panel(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
