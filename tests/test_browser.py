@@ -238,3 +238,41 @@ def root_faces(request, tmp_path_factory):
     t = open_atlas(app_atlas_root(request, tmp_path_factory) / "syn", verify="size").table(
         "layers/0/crystals.parquet")
     return int(t["a"].iloc[0]), int(t[t["a"] == t["a"].iloc[0]].index[0])
+
+
+def test_panels_open_from_a_link_best_faces_and_figure_downloads(server, page):
+    open_view(page, f"{server}/?atlas=syn&layer=0&layout=pca&color=lobe:phi:4&panel=crystals")
+    # the link opened the crystals panel: best faces listed, word-pair plots drawn
+    page.wait_for_selector("#best-faces a.facelink", timeout=15_000)
+    assert page.is_hidden("#panel-spectra") and page.is_visible("#panel-crystals")
+    assert "random directions" in page.text_content("#crystal-counts")
+    page.wait_for_function("() => { const g = document.querySelector('#silhouette-fig .js-plotly-plot');"
+                           " return g && g._fullData && g._fullData[0].y.length === 2 }")
+    # a best face: drawn in the cloud and its first feature selected, the panel stays open
+    href = page.get_attribute("#best-faces li:first-child a.facelink", "href")
+    want = {k: v[0] for k, v in parse_qs(urlparse(href).query).items()}
+    page.click("#best-faces li:first-child a.facelink")
+    page.wait_for_function(f"() => new URLSearchParams(location.search).get('face') === '{want['face']}'")
+    page.wait_for_function(f"() => {GD}._fullData[4].i && {GD}._fullData[4].i.length === 2")
+    assert card_feature(page) == int(want["f"]) and query(page)["panel"] == "crystals"
+
+    # the spectra tab: out of the URL (the default), alpha per layer with its interval
+    page.click("#panel-tabs >> text=Spectra")
+    page.wait_for_function("() => !new URLSearchParams(location.search).has('panel')")
+    assert page.is_visible("#panel-spectra") and page.is_hidden("#panel-crystals")
+    alpha = page.evaluate("() => { const t = document.querySelector('#alpha-fig .js-plotly-plot')._fullData[0];"
+                          " return [Array.from(t.x), t.error_y.array.length] }")
+    assert alpha == [[0, 1, 2], 3]
+    # SVG of a figure, made in the browser by plotly.js
+    with page.expect_download(timeout=15_000) as dl:
+        page.click("#alpha-exports-row button:has-text('SVG')")
+    assert dl.value.suggested_filename == "syn-layer0-alpha.svg"
+    assert Path(dl.value.path()).read_text()[:200].lstrip().startswith("<svg")
+
+    # the lobes tab: subset heat map, one row per lobe
+    page.click("#panel-tabs >> text=Lobes")
+    page.wait_for_function("() => new URLSearchParams(location.search).get('panel') === 'lobes'")
+    page.wait_for_function("() => { const g = document.querySelector('#lobe-subsets-fig .js-plotly-plot');"
+                           " return g && g._fullData && g._fullData[0].type === 'heatmap' }")
+    assert page.locator("#lobes-table .lobe-export a").count() == 8
+    assert page.errors == []
