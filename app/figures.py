@@ -54,6 +54,7 @@ def spectra(store: AtlasStore, st: ViewState) -> go.Figure | None:
     a = store.open(st.atlas)
     galaxies = _galaxies(store, st.atlas)
     fig = go.Figure()
+    current = None
     for i, L in enumerate(a.layer_ids):
         rel = f"layers/{L}/spectrum.npy"
         if not a.has(rel):
@@ -75,13 +76,16 @@ def spectra(store: AtlasStore, st: ViewState) -> go.Figure | None:
                                      line={"dash": "dot", "color": "#333", "width": 1}, showlegend=False,
                                      meta=L, hoverinfo="skip"))
         if L == st.layer and len(lam):
-            iso = (galaxies.get(L, {}).get("isotropic") or {}).get("alpha")
-            iso = iso if _num(iso) else 0.0
-            rr = np.array([1.0, float(len(lam))])
-            mid = np.sqrt(len(lam))
-            fig.add_trace(go.Scatter(x=rr, y=lam.mean() * (rr / mid) ** -iso, mode="lines", meta=L,
-                                     name=f"isotropic (layer {L})", hoverinfo="skip",
-                                     line={"dash": "dash", "color": "#999", "width": 1.5}))
+            current = (L, lam)
+    if current is not None:  # drawn last: it sits at the end of the legend
+        L, lam = current
+        iso = (galaxies.get(L, {}).get("isotropic") or {}).get("alpha")
+        iso = iso if _num(iso) else 0.0
+        rr = np.array([1.0, float(len(lam))])
+        mid = np.sqrt(len(lam))
+        fig.add_trace(go.Scatter(x=rr, y=lam.mean() * (rr / mid) ** -iso, mode="lines", meta=L,
+                                 name=f"isotropic (layer {L})", hoverinfo="skip",
+                                 line={"dash": "dash", "color": "#999", "width": 1.5}))
     if not fig.data:
         return None
     fig.update_layout(xaxis={"type": "log", "title": {"text": "rank"}, **_GRID},

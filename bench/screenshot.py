@@ -1,6 +1,11 @@
 """Take docs/screenshot.png: the real explorer page in headless Chromium.
 
-    python bench/screenshot.py [ATLAS_DIR] [--out docs/screenshot.png]
+    python bench/screenshot.py [ATLAS_DIR] [--out docs/screenshot.png] [--query "?atlas=...&f=12"]
+        [--element .panels] [--wait "#best-faces"] [--click "#panel-tabs >> text=Lobes"]
+
+``--element`` shoots one element instead of the whole page; ``--wait`` waits for a selector
+(default: the card title when the query selects a feature); ``--click`` clicks selectors in
+order before the shot.
 
 Without ATLAS_DIR a synthetic atlas is built in a temporary folder. Uses Debian's
 /usr/bin/chromium through Playwright (never a browser download).
@@ -30,6 +35,10 @@ def main() -> None:
     p.add_argument("atlas_dir", nargs="?", type=Path)
     p.add_argument("--out", type=Path, default=REPO / "docs" / "screenshot.png")
     p.add_argument("--query", default="?layer=1&layout=pca&color=lobe:phi:4&f=42&q=0.95&cam=1.4,1.1,0.7")
+    p.add_argument("--element", default=None, help="CSS selector of the element to shoot (default: the page)")
+    p.add_argument("--wait", action="append", default=[], help="selector to wait for (repeatable)")
+    p.add_argument("--click", action="append", default=[], help="selector to click before the shot (repeatable)")
+    p.add_argument("--width", type=int, default=1440)
     a = p.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -39,15 +48,22 @@ def main() -> None:
         try:
             with sync_playwright() as pw:
                 b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-                page = b.new_page(viewport={"width": 1440, "height": 1000})
+                page = b.new_page(viewport={"width": a.width, "height": 1000})
                 page.goto(base + "/" + a.query)
                 page.wait_for_function("() => { const g = document.querySelector('#cloud .js-plotly-plot');"
                                        " return g && g._fullData && g._fullData[0] && g._fullData[0].x.length > 0 }",
                                        timeout=60_000)
-                page.wait_for_selector("#card-title", timeout=30_000)
+                for sel in a.wait or (["#card-title"] if "f=" in a.query else []):
+                    page.wait_for_selector(sel, timeout=30_000)
+                for sel in a.click:
+                    page.click(sel)
+                    page.wait_for_timeout(1500)
                 page.wait_for_timeout(1500)
                 a.out.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(a.out), full_page=True)
+                if a.element:
+                    page.locator(a.element).screenshot(path=str(a.out))
+                else:
+                    page.screenshot(path=str(a.out), full_page=True)
                 b.close()
         finally:
             proc.terminate()
