@@ -174,7 +174,7 @@ class AtlasStore:
         return np.asarray(atlas.array(f"layers/{layer}/lobes_{affinity}.npy")[opts[affinity].index(k)])
 
     def lobe_names(self, name: str, layer: int, affinity: str, k: int, n_tokens: int = 3) -> dict[int, str]:
-        """{lobe: "tok1 tok2 tok3"} from lobe_tokens.parquet, or from member features' top tokens."""
+        """{lobe: "tok1 | tok2 | tok3"} from lobe_tokens.parquet, or from member features' top tokens."""
         def compute(a: Atlas):
             rel = f"layers/{layer}/lobe_tokens.parquet"
             out: dict[int, list[str]] = {}
@@ -191,7 +191,7 @@ class AtlasStore:
                     t = t[t["lobe"] >= 0].groupby(["lobe", "token"])["count"].sum().reset_index()
                     for lobe, grp in t.groupby("lobe"):
                         out[int(lobe)] = list(grp.sort_values("count", ascending=False)["token"].head(n_tokens))
-            return {lobe: " ".join(toks) for lobe, toks in out.items()}
+            return {lobe: " | ".join(readable_token(t) for t in toks) for lobe, toks in out.items()}
 
         return self.memo(name, ("lobe-names", layer, affinity, k, n_tokens), compute)
 
@@ -291,6 +291,12 @@ class AtlasStore:
         if t is None:
             return None
         return t.reset_index(drop=True)
+
+
+def readable_token(t) -> str:
+    """A token as a short visible label: whitespace markers and newlines shown, ends trimmed."""
+    t = str(t).replace("Ġ", " ").replace("▁", " ").replace("\n", "⏎").replace("\t", "⇥")
+    return t.strip() or "␣"
 
 
 def _unit_rows(W: np.ndarray) -> np.ndarray:

@@ -168,10 +168,11 @@ def lobe_subsets(store: AtlasStore, st: ViewState) -> go.Figure | None:
                                colorbar={"title": {"text": "share"}, "thickness": 10},
                                hovertemplate="lobe %{y}<br>%{x}: %{customdata} blocks (%{z:.0%})<extra></extra>"))
     fig.update_layout(title={**_SMALL["title"], "text": f"corpus-subset composition ({aff}, k={k})"},
-                      yaxis={"autorange": "reversed", "tickfont": {"size": 10}}, xaxis={"side": "bottom"},
-                      height=max(220, 60 + 18 * len(lobes)),
+                      yaxis={"autorange": "reversed", "tickfont": {"size": 10}, "automargin": True},
+                      xaxis={"side": "bottom", "tickangle": -30, "automargin": True, "tickfont": {"size": 10}},
+                      height=max(260, 110 + 18 * len(lobes)),
                       **{**{kk: v for kk, v in _SMALL.items() if kk != "title"},
-                         "margin": {"l": 170, "r": 10, "t": 30, "b": 40}})
+                         "margin": {"l": 10, "r": 10, "t": 30, "b": 10}})
     return fig
 
 
@@ -227,7 +228,7 @@ def distractor(store: AtlasStore, st: ViewState) -> go.Figure | None:
     title = "distractor: PC1 vs last-token length difference"
     if _num(r):
         title += f" (r = {r:.2f})"
-    fig.update_layout(title={**_SMALL["title"], "text": title}, legend={"font": {"size": 9}},
+    fig.update_layout(title={**_SMALL["title"], "text": title}, legend={"font": {"size": 9}, "tracegroupgap": 0},
                       xaxis={"title": {"text": "len(input token) − len(output token)"}, **_GRID},
                       yaxis={"title": {"text": "PC1 score"}, **_GRID},
                       **{k: v for k, v in _SMALL.items() if k != "title"})

@@ -129,7 +129,7 @@ def crystals_panel(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
     for name in ("silhouette", "distractor"):
         fig = figures.FIGURES[name](store, st)
         if fig is not None:
-            right.append(_graph(name, fig, st, prefix, 300))
+            right.append(_graph(name, fig, st, prefix, 340))
     if not right:
         right.append(html.P("No word-pair analysis in this layer (atom.json: capture word pairs in precompute).",
                             className="hint"))
