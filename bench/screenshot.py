@@ -5,7 +5,7 @@
 
 ``--element`` shoots one element instead of the whole page; ``--wait`` waits for a selector
 (default: the card title when the query selects a feature); ``--click`` clicks selectors in
-order before the shot.
+order before the shot; ``--scroll`` scrolls a selector into view.
 
 Without ATLAS_DIR a synthetic atlas is built in a temporary folder. Uses Debian's
 /usr/bin/chromium through Playwright (never a browser download).
@@ -38,7 +38,9 @@ def main() -> None:
     p.add_argument("--element", default=None, help="CSS selector of the element to shoot (default: the page)")
     p.add_argument("--wait", action="append", default=[], help="selector to wait for (repeatable)")
     p.add_argument("--click", action="append", default=[], help="selector to click before the shot (repeatable)")
+    p.add_argument("--scroll", default=None, help="selector to scroll into view (e.g. inside the card)")
     p.add_argument("--width", type=int, default=1440)
+    p.add_argument("--height", type=int, default=1000)
     a = p.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -48,7 +50,7 @@ def main() -> None:
         try:
             with sync_playwright() as pw:
                 b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-                page = b.new_page(viewport={"width": a.width, "height": 1000})
+                page = b.new_page(viewport={"width": a.width, "height": a.height})
                 page.goto(base + "/" + a.query)
                 page.wait_for_function("() => { const g = document.querySelector('#cloud .js-plotly-plot');"
                                        " return g && g._fullData && g._fullData[0] && g._fullData[0].x.length > 0 }",
@@ -58,6 +60,8 @@ def main() -> None:
                 for sel in a.click:
                     page.click(sel)
                     page.wait_for_timeout(1500)
+                if a.scroll:
+                    page.locator(a.scroll).scroll_into_view_if_needed()
                 page.wait_for_timeout(1500)
                 a.out.parent.mkdir(parents=True, exist_ok=True)
                 if a.element:
