@@ -38,8 +38,10 @@ serve: setup
 test: setup browser
 	$(BIN)/python -m pytest -q
 
+# One OpenMP/torch thread: on a 2-core machine extra threads spin against each other and
+# make the ratios noisy; both sides of every ratio run under the same setting.
 bench: setup
-	@set -e; for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f --quick; done
+	@set -e; for f in bench/bench_*.py; do echo "== $$f"; OMP_NUM_THREADS=1 $(BIN)/python $$f --quick; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

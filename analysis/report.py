@@ -58,10 +58,18 @@ def build_report(atlas) -> dict:
                 tables.setdefault(name, {})[str(int(k))] = {
                     str(s): {str(int(lobe)): int(v) for lobe, v in row.items()} for s, row in piv.iterrows()}
             entry["lobe_subsets"] = tables
-        if atlas.has(b + "atom.json"):
-            lda = atlas.json(b + "atom.json")["lda"]
+        aj = atlas.json(b + "atom.json") if atlas.has(b + "atom.json") else {}
+        if "lda" in aj:
+            lda = aj["lda"]
             entry["atom"] = {"dims": lda["dims"], "silhouette": lda["silhouette"],
-                             "raw_silhouette": lda["raw_silhouette"], "best_dim": lda["best_dim"]}
+                             "raw_silhouette": lda["raw_silhouette"], "best_dim": lda["best_dim"],
+                             "distractor_r": aj["distractor"]["pearson_r"]}
+        if "crystal_search" in aj:
+            cs, cb = aj["crystal_search"], aj["crystal_baseline"]
+            kinds = atlas.table(b + "crystals.parquet")["kind"].value_counts()
+            entry["crystals"] = {"n_faces": cs["n_faces"], "parallelograms": int(kinds.get("parallelogram", 0)),
+                                 "trapezoids": int(kinds.get("trapezoid", 0)), "min_cos": cs.get("min_cos"),
+                                 "baseline_faces": cb["faces_mean"], "baseline_match": cb["match"]}
         out["layers"][str(L)] = entry
     return out
 
@@ -112,10 +120,19 @@ def format_report(report: dict) -> str:
                 for s, row in table.items():
                     lines.append(f"{s:>20} " + " ".join(f"{row.get(lb, 0):>8}" for lb in lobes))
                 lines.append("")
+    crys = {L: e["crystals"] for L, e in layers.items() if "crystals" in e}
+    if crys:
+        lines += ["Crystals on the decoder cloud (faces with edge cosine >= min_cos) against random directions",
+                  f"{'layer':>5} {'faces':>7} {'parallelograms':>14} {'trapezoids':>10} {'min_cos':>7} {'random':>8}"]
+        for L, c in crys.items():
+            lines.append(f"{L:>5} {c['n_faces']:>7} {c['parallelograms']:>14} {c['trapezoids']:>10} "
+                         f"{_f(c['min_cos'], '{:.2f}'):>7} {c['baseline_faces']:>8.1f}")
+        lines.append("")
     for L, e in layers.items():
         if "atom" in e:
             a = e["atom"]
-            lines += [f"Atom, layer {L}: silhouette of task clusters (raw differences {_f(a['raw_silhouette'])})",
+            lines += [f"Atom, layer {L}: distractor PC1 vs last-token length difference r = {_f(a['distractor_r'])}",
+                      f"  silhouette of task clusters (raw differences {_f(a['raw_silhouette'])})",
                       "  LDA dims: " + " ".join(f"{d:>6}" for d in a["dims"]),
                       "  silhouette: " + " ".join(f"{_f(s):>6}" for s in a["silhouette"]), ""]
     return "\n".join(lines)

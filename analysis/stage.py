@@ -11,7 +11,6 @@ Parts whose inputs a layer lacks are skipped and listed in ``LayerInfo.computed`
 """
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import numpy as np
@@ -58,15 +57,14 @@ class GeometryConfig(BaseModel):
     entropy_estimator: str = "textbook"                  # or "published"
     # atom (METHODS 2)
     crystals: bool = True
-    crystal_options: dict[str, Any] = Field(default_factory=dict)  # passed to atom.crystal_search
-
-
-def _atom():
-    """analysis.atom when present (written separately); None otherwise."""
-    if importlib.util.find_spec("analysis.atom") is None:
-        return None
-    from analysis import atom
-    return atom
+    # The decoder-cloud search is this project's extension (no published setting). On the
+    # SmolLM2 demo decoders almost no edge pair reaches cos 0.9, while cos >= 0.3 among 20
+    # neighbours gives ~50x more faces than covariance-matched random clouds: keep the
+    # candidates and let the explorer's threshold slider do the filtering.
+    crystal_options: dict[str, Any] = Field(default_factory=lambda: {"min_cos": 0.3, "n_neighbors": 20})
+    crystal_baseline_repeats: int = 1
+    crystal_baseline_match: str = "covariance"        # or "norms"
+    lda_shrinkage: str | None = None                   # None = published plain LDA; "auto" = Ledoit-Wolf
 
 
 # --------------------------------------------------------------------------- one layer
@@ -189,23 +187,29 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
         files.update(compute_brain(W, C, T, config, blocks, block_subset, subsets, top_tokens))
         computed.append("brain")
 
-    atom = _atom()
+    from analysis import atom
+
+    atom_json: dict[str, Any] = {}
     if not config.crystals:
         computed.append("skipped:crystals (disabled in config)")
-    elif atom is None or not hasattr(atom, "crystal_search"):
-        computed.append("skipped:crystals (analysis.atom not available)")
     else:
-        files["crystals.parquet"] = atom.crystal_search(W, **config.crystal_options)
+        crystals = atom.crystal_search(W, **config.crystal_options)
+        files["crystals.parquet"] = crystals
+        atom_json["crystal_search"] = {**config.crystal_options, "n_faces": len(crystals),
+                                       "n_edge_pairs": int(crystals.attrs.get("n_edge_pairs", 0))}
+        atom_json["crystal_baseline"] = atom.crystal_baseline(
+            W, n_repeats=config.crystal_baseline_repeats, match=config.crystal_baseline_match,
+            **config.crystal_options)
         computed.append("crystals")
 
     if word is None:
         computed.append("skipped:atom (no word pairs)")
-    elif atom is None or not hasattr(atom, "atom_report"):
-        computed.append("skipped:atom (analysis.atom not available)")
     else:
-        files["atom.json"] = atom.atom_report(word["h_in"], word["h_out"], word["tasks"],
-                                              word["input_tokens"], word["output_tokens"])
+        atom_json.update(atom.atom_report(word["h_in"], word["h_out"], word["tasks"], word["input_tokens"],
+                                          word["output_tokens"], shrinkage=config.lda_shrinkage))
         computed.append("atom")
+    if atom_json:
+        files["atom.json"] = atom_json
     return files, computed
 
 
