@@ -189,7 +189,7 @@ def test_partial_updates_keep_the_figure_and_overlays_draw(server, page):
 
     page.check("#crystal-check input")
     page.wait_for_function(f"() => {GD}._fullData[3].i && {GD}._fullData[3].i.length > 0", timeout=15_000)
-    assert query(page)["q"] == "0.9"
+    assert query(page)["q"] == "0.5"
     # layout switch moves the points, keeps the selection
     page.check("#layout-radio input[value=umap]")
     page.wait_for_function("() => new URLSearchParams(location.search).get('layout') === 'umap'")

@@ -43,7 +43,7 @@ def page(banner: str | None) -> html.Div:
                   _control("k", dcc.Dropdown(id="k-dd", clearable=False))], className="row2", id="lobe-controls"),
         dcc.Checklist(id="size-check", options=[{"label": " size by frequency", "value": "freq"}], value=[]),
         dcc.Checklist(id="crystal-check", options=[{"label": " crystal faces, edge cos ≥", "value": "on"}], value=[]),
-        dcc.Slider(id="q-slider", min=0.5, max=1.0, step=0.01, value=0.9, marks={0.5: "0.5", 0.75: "0.75", 1: "1"},
+        dcc.Slider(id="q-slider", min=0.3, max=1.0, step=0.01, value=0.5, marks={0.3: "0.3", 0.5: "0.5", 0.75: "0.75", 1: "1"},
                    tooltip={"placement": "bottom"}),
         html.Div([dcc.Input(id="search-input", type="text", placeholder="feature id, token or text", debounce=False,
                             maxLength=200),
@@ -315,7 +315,7 @@ def _clicked_feature(store: AtlasStore, st: ViewState, click) -> int:
 def _controls(store: AtlasStore, st: ViewState) -> tuple:
     """Options and values of every control for a resolved state."""
     if st.atlas is None:
-        return ([], None, [], None, [], None, None, [], None, [], None, [], [], 0.9, "spectra",
+        return ([], None, [], None, [], None, None, [], None, [], None, [], [], 0.5, "spectra",
                 *["panel" if p == "spectra" else "panel hidden" for p in PANEL_IDS])
     names = store.names()
     layers = store.open(st.atlas).layer_ids
@@ -331,7 +331,7 @@ def _controls(store: AtlasStore, st: ViewState) -> tuple:
             [{"label": f" {x.upper()}", "value": x, "disabled": x not in layouts} for x in ("pca", "umap")], st.layout,
             kind, [{"label": a, "value": a} for a in cooc], aff,
             [{"label": str(x), "value": x} for x in ks], k,
-            ["freq"] if st.size else [], ["on"] if st.q is not None else [], st.q if st.q is not None else 0.9,
+            ["freq"] if st.size else [], ["on"] if st.q is not None else [], st.q if st.q is not None else 0.5,
             st.panel, *["panel" if p == st.panel else "panel hidden" for p in PANEL_IDS])
 
 
