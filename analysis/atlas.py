@@ -215,6 +215,15 @@ class AtlasWriter:
         self._target(rel).write_text(json.dumps(obj, indent=1, default=_json_default))
         self._written[rel] = FileInfo(kind="json", sha256="", bytes=0)
 
+    def put(self, rel: str, value: Any) -> None:
+        """Store ``value`` in the format its file name says (.npy, .npz, .parquet, .json)."""
+        suffix = Path(rel).suffix
+        put = {".npy": self.put_array, ".npz": self.put_sparse, ".parquet": self.put_table,
+               ".json": self.put_json}.get(suffix)
+        if put is None:
+            raise ValueError(f"{rel}: unknown atlas file type {suffix!r} (use .npy, .npz, .parquet or .json)")
+        put(rel, value)
+
     def put_dir(self, rel: str, src: str | os.PathLike) -> None:
         """Copy a whole folder (for example a saved sae-lens SAE) into the atlas."""
         dst = self._target(rel)

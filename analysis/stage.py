@@ -238,15 +238,6 @@ def _layer_inputs(atlas, L: int) -> dict:
     return out
 
 
-def _put(w, rel: str, value) -> None:
-    if isinstance(value, pd.DataFrame):
-        w.put_table(rel, value)
-    elif isinstance(value, np.ndarray):
-        w.put_array(rel, value)
-    else:
-        w.put_json(rel, value)
-
-
 def run_geometry(atlas_path, config: GeometryConfig | None = None, progress: bool = False) -> None:
     """Compute every derived file for every layer with a ``decoder.npy`` and write them.
 
@@ -267,7 +258,7 @@ def run_geometry(atlas_path, config: GeometryConfig | None = None, progress: boo
             W = np.asarray(atlas.array(f"layers/{L}/decoder.npy"))
             files, computed = compute_layer(W, config, previous=previous, **_layer_inputs(atlas, L))
             for name, value in files.items():
-                _put(w, f"layers/{L}/{name}", value)
+                w.put(f"layers/{L}/{name}", value)
             info = w.manifest.layer(L)
             info.computed = [c for c in info.computed
                              if c not in PARTS and c != "umap" and not c.startswith("skipped:")

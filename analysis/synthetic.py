@@ -185,17 +185,8 @@ def make_synthetic_atlas(path: str | Path, n_features: int = 1200, d_model: int 
     with AtlasWriter(path, manifest, overwrite=overwrite) as w:
         for L, m in zip(layers, made):
             for name, value in m.items():
-                if name.startswith("_"):
-                    continue
-                rel = f"layers/{L}/{name}"
-                if name.endswith(".npy"):
-                    w.put_array(rel, value)
-                elif name.endswith(".npz"):
-                    w.put_sparse(rel, value)
-                elif name.endswith(".parquet"):
-                    w.put_table(rel, value)
-                else:
-                    w.put_json(rel, value)
+                if not name.startswith("_"):
+                    w.put(f"layers/{L}/{name}", value)
     if geometry:
         from analysis import stage
 

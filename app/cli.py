@@ -130,7 +130,7 @@ def precompute(
     except PrecomputeError as e:
         _fail(str(e))
     except KeyboardInterrupt:
-        _fail(f"interrupted; run the same command with --resume to continue from the last checkpoint", 130)
+        _fail("interrupted; run the same command with --resume to continue from the last checkpoint", 130)
     typer.echo(f"wrote atlas {path}")
 
 

@@ -23,7 +23,6 @@ written to ``out``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -514,13 +513,7 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
         for L, s in zip(layers, saes):
             w.put_array(f"layers/{L}/decoder.npy", s.decoder())
             for name, obj in results[L].files().items():
-                rel = f"layers/{L}/{name}"
-                if name.endswith(".npy"):
-                    w.put_array(rel, obj)
-                elif name.endswith(".npz"):
-                    w.put_sparse(rel, obj)
-                else:
-                    w.put_table(rel, obj)
+                w.put(f"layers/{L}/{name}", obj)
             if train:
                 w.put_dir(f"saes/{L}", work / "saes" / str(L))
         if pairs is not None:

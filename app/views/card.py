@@ -25,6 +25,18 @@ def link(st: ViewState, prefix: str, text: str, cls: str = "flink", **changes) -
     return dcc.Link(text, href=prefix + st.with_(**changes).to_query(), className=cls)
 
 
+def face_item(st: ViewState, prefix: str, x, **face_state) -> html.Li:
+    """One crystal face as a list item: its kind links to the view that draws it."""
+    q = f"edge cos {x.edge_cos:.3f}" if x.edge_cos is not None else ""
+    if x.length_ratio is not None:
+        q += f", ratio {x.length_ratio:.2f}"
+    ids = []
+    for sep, v in (("", x.a), (" − ", x.b), (" ≈ ", x.c), (" − ", x.d)):
+        ids += [sep, link(st, prefix, f"#{v}", f=v)]
+    return html.Li([link(st, prefix, x.kind, "facelink", face=x.index, **face_state), ": "] + ids
+                   + [html.Span(f"  ({q})", className="muted")])
+
+
 def histogram(card: FeatureCard) -> dcc.Graph | None:
     if card.act_hist is None or not sum(card.act_hist.counts):
         return None
@@ -74,15 +86,6 @@ def render(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
                                    f"  {p.blocks} blocks" + (f", phi {p.phi:.3f}" if p.phi is not None else "")])
                           for p in c.cooc_partners], className="nlist")]
     if c.crystals:
-        rows = []
-        for x in c.crystals:
-            q = f"edge cos {x.edge_cos:.3f}" if x.edge_cos is not None else ""
-            if x.length_ratio is not None:
-                q += f", ratio {x.length_ratio:.2f}"
-            ids = []
-            for name, v in (("", x.a), (" − ", x.b), (" ≈ ", x.c), (" − ", x.d)):
-                ids += [name, link(st, prefix, f"#{v}", f=v)]
-            rows.append(html.Li([link(st, prefix, x.kind, "facelink", face=x.index,
-                                      q=st.q if st.q is not None else None), ": "] + ids + [f"  ({q})"]))
+        rows = [face_item(st, prefix, x, q=st.q) for x in c.crystals]
         body += [html.H4("Crystal partners"), html.Ul(rows, id="card-crystals", className="nlist")]
     return body

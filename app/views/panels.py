@@ -15,7 +15,7 @@ from app import figures
 from app.api import _brain_entry, atom_summary
 from app.data import AtlasStore
 from app.state import ViewState
-from app.views.card import link
+from app.views.card import face_item
 from app.views.cloud import colour_of
 
 GRAPH_IDS = {"cloud": "cloud", "spectra": "spectra"}  # others: "<name>-fig"
@@ -113,16 +113,7 @@ def crystals_panel(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
         else:
             text += "; no random baseline in this atlas"
         left.append(html.P(text, id="crystal-counts"))
-        rows = []
-        for x in s.best:
-            q = f"cos {x.edge_cos:.3f}" if x.edge_cos is not None else ""
-            if x.length_ratio is not None:
-                q += f", ratio {x.length_ratio:.2f}"
-            ids = []
-            for sep, v in (("", x.a), (" − ", x.b), (" ≈ ", x.c), (" − ", x.d)):
-                ids += [sep, link(st, prefix, f"#{v}", f=v)]
-            rows.append(html.Li([link(st, prefix, x.kind, "facelink", face=x.index, f=x.a), ": "] + ids
-                                + [html.Span(f"  ({q})", className="muted")]))
+        rows = [face_item(st, prefix, x, f=x.a) for x in s.best]
         if rows:
             left += [html.H4("Best faces (click to draw)"), html.Ol(rows, id="best-faces", className="nlist")]
     right = []
