@@ -6,7 +6,9 @@ Keys: ``atlas``, ``layer``, ``layout`` (pca | umap), ``color`` (``lobe:<affinity
 ``freq``, ``subset``, ``geometry:<k>``), ``size`` (``freq`` to size points by firing
 frequency), ``f`` (selected feature), ``face`` (crystal row drawn), ``q`` (minimum crystal
 edge cosine; absent = no crystal overlay), ``panel`` (the panel open below the cloud:
-``spectra``, the default and left out, ``lobes`` or ``crystals``), ``cam`` (camera eye ``x,y,z``).
+``spectra``, the default and left out, ``lobes`` or ``crystals``), ``cam`` (camera eye ``x,y,z``),
+``ctr`` (camera centre ``x,y,z``; both in plotly's normalised scene coordinates, where the scene
+box spans its aspect ratio around 0).
 
 Parsing never fails: ``parse_query`` keeps every well-formed value and reports the others
 as readable problems; ``resolve`` then moves a parsed state to the nearest view that the
@@ -39,6 +41,7 @@ class ViewState(BaseModel):
     q: float | None = None
     panel: Literal["spectra", "lobes", "crystals"] = "spectra"
     cam: tuple[float, float, float] | None = None
+    ctr: tuple[float, float, float] | None = None
 
     def to_query(self) -> str:
         """A short, readable query string (with leading ``?``); default values are left out."""
@@ -54,21 +57,24 @@ class ViewState(BaseModel):
         if self.f is not None:
             items.append(("f", str(self.f)))
         if self.q is not None:
-            items.append(("q", _num(self.q)))
+            items.append(("q", _num(self.q, 3)))  # 3 decimals: candidate qualities crowd near 1
         if self.face is not None:
             items.append(("face", str(self.face)))
         if self.panel != "spectra":
             items.append(("panel", self.panel))
         if self.cam is not None:
             items.append(("cam", ",".join(_num(v) for v in self.cam)))
+        if self.ctr is not None:
+            items.append(("ctr", ",".join(_num(v, 3) for v in self.ctr)))
         return "?" + urlencode(items, safe=":,")
 
     def with_(self, **changes) -> "ViewState":
         return self.model_copy(update=changes)
 
 
-def _num(v: float) -> str:
-    return f"{v:.2f}".rstrip("0").rstrip(".") if v != int(v) else str(int(v))
+def _num(v: float, digits: int = 2) -> str:
+    s = f"{v:.{digits}f}".rstrip("0").rstrip(".")
+    return "0" if s in ("-0", "") else s
 
 
 def _short(v: str) -> str:
@@ -129,15 +135,17 @@ def parse_query(search: str | None) -> tuple[ViewState, list[str]]:
             s["q"] = q
         except ValueError:
             bad("q", "use a cosine between -1 and 1")
-    if "cam" in raw:
-        try:
-            cam = tuple(float(v) for v in raw["cam"].split(","))
-            if len(cam) != 3 or not all(abs(v) < 1e3 for v in cam):
-                raise ValueError
-            s["cam"] = cam
-        except ValueError:
-            bad("cam", "use three numbers x,y,z")
-    unknown = sorted(set(raw) - {"atlas", "layer", "layout", "color", "size", "f", "face", "q", "panel", "cam"})
+    for key in ("cam", "ctr"):
+        if key in raw:
+            try:
+                v = tuple(float(x) for x in raw[key].split(","))
+                if len(v) != 3 or not all(abs(x) < 1e3 for x in v):  # also rejects nan and inf
+                    raise ValueError
+                s[key] = v
+            except ValueError:
+                bad(key, "use three numbers x,y,z")
+    unknown = sorted(set(raw) - {"atlas", "layer", "layout", "color", "size", "f", "face", "q", "panel", "cam",
+                                 "ctr"})
     if unknown:
         problems.append("ignored unknown parameter(s): " + ", ".join(_short(k) for k in unknown[:5]))
     return ViewState(**s), problems

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import httpx
+import numpy as np
 import pytest
 
 from _app_atlas import app_atlas_root, start_server
@@ -228,6 +229,81 @@ def test_spectra_search_camera_and_crystal_faces(server, root_faces, page):
     page.wait_for_function(f"() => new URLSearchParams(location.search).get('face') === '{face}'")
     page.wait_for_function(f"() => {GD}._fullData[4].i && {GD}._fullData[4].i.length === 2")
     assert page.errors == []
+
+
+# Where the picked face's centroid lands on the canvas, in clip coordinates (-1..1, 0 = the
+# middle): plotly.js's own model, view and projection matrices applied to the drawn vertices.
+FACE_ON_SCREEN = f"""() => {{
+    const g = {GD}, sc = g._fullLayout.scene._scene, cp = sc.glplot.cameraParams, f = g._fullData[4];
+    const n = f.x.length, p = [0, 0, 0, 1];
+    for (let i = 0; i < n; i++) {{ p[0] += f.x[i] / n; p[1] += f.y[i] / n; p[2] += f.z[i] / n; }}
+    for (let k = 0; k < 3; k++) p[k] *= sc.dataScale[k];
+    const mul = (m, v) => [0, 1, 2, 3].map(r => m[r] * v[0] + m[4 + r] * v[1] + m[8 + r] * v[2] + m[12 + r] * v[3]);
+    const c = mul(cp.projection, mul(cp.view, mul(cp.model, p)));
+    const cam = g._fullLayout.scene.camera, e = cam.eye, m = cam.center;
+    return [c[0] / c[3], c[1] / c[3], Math.hypot(e.x - m.x, e.y - m.y, e.z - m.z), [m.x, m.y, m.z]];
+}}"""
+
+
+def test_crystal_overlay_threshold_and_flying_to_a_face(server, root_faces, crystal_table, page):
+    edge = crystal_table["edge_cos"].to_numpy()
+    n_faces = f"() => {{ const t = {GD}._fullData[3]; return t.i ? t.i.length / 2 : 0; }}"
+    open_view(page, f"{server}/?atlas=syn&layer=0&layout=pca&color=lobe:phi:4")
+    assert page.evaluate(n_faces) == 0
+    # the overlay at the default threshold draws every face at least that good
+    page.check("#crystal-check input")
+    page.wait_for_function(f"() => ({n_faces})() > 0", timeout=15_000)
+    assert query(page)["q"] == "0.5" and page.evaluate(n_faces) == (edge >= 0.5).sum() == len(edge)
+    # the slider, moved to its top end from the keyboard: no face reaches an edge cosine of 1
+    page.focus("#q-slider [role=slider]")
+    page.keyboard.press("End")
+    page.wait_for_function("() => new URLSearchParams(location.search).get('q') === '1'", timeout=15_000)
+    page.wait_for_function(f"() => ({n_faces})() === 0", timeout=15_000)
+    # thresholds between two neighbouring face qualities, from a link: strictly fewer faces above
+    # (each threshold is a face's quality rounded down, so the next one leaves that face out)
+    qs = np.unique(np.floor(edge * 1000) / 1000)
+    assert len(qs) >= 2
+    counts = []
+    for q in qs:
+        open_view(page, f"{server}/?atlas=syn&layer=0&layout=pca&color=lobe:phi:4&q={q:.3f}")
+        page.wait_for_function(f"() => ({n_faces})() === {(edge >= q).sum()}", timeout=15_000)
+        counts.append(page.evaluate(n_faces))
+    assert all(hi > lo for hi, lo in zip(counts, counts[1:])) and counts[-1] > 0, counts
+    # unticking the overlay removes the faces
+    page.uncheck("#crystal-check input")
+    page.wait_for_function(f"() => ({n_faces})() === 0", timeout=15_000)
+    assert "q" not in query(page)
+
+    # a face link flies the camera to the face: centred (the middle of the canvas) and close
+    a, face = root_faces
+    open_view(page, f"{server}/?atlas=syn&layer=0&f={a}")
+    before = page.evaluate(FACE_ON_SCREEN)
+    assert before[3] == [0, 0, 0]
+    page.click("#card-crystals a.facelink")
+    page.wait_for_function(f"() => new URLSearchParams(location.search).get('face') === '{face}'")
+    page.wait_for_function(f"() => {GD}._fullData[4].i && {GD}._fullData[4].i.length === 2")
+    page.wait_for_function(f"() => {GD}._fullLayout.scene.camera.center.x !== 0", timeout=15_000)
+    x, y, dist, center = page.evaluate(FACE_ON_SCREEN)
+    assert abs(x) < 0.05 and abs(y) < 0.05, (x, y)
+    assert dist < 0.5 * before[2] and max(map(abs, center)) > 0.05
+    # the camera is part of the link, and the link alone brings the same view back
+    q = query(page)
+    assert [float(v) for v in q["ctr"].split(",")] == pytest.approx(center, abs=1e-3)
+    url = page.url
+    open_view(page, f"{server}/?atlas=syn&layer=0&layout=pca&color=lobe:phi:4")
+    open_view(page, url)
+    page.wait_for_function(f"() => {GD}._fullData[4].i && {GD}._fullData[4].i.length === 2")
+    assert page.evaluate(FACE_ON_SCREEN)[3] == pytest.approx(center, abs=1e-3)
+    assert query(page)["ctr"] == q["ctr"] and query(page)["cam"] == q["cam"]
+    assert page.errors == []
+
+
+@pytest.fixture(scope="module")
+def crystal_table(request, tmp_path_factory):
+    from analysis.atlas import open_atlas
+
+    return open_atlas(app_atlas_root(request, tmp_path_factory) / "syn", verify="size").table(
+        "layers/0/crystals.parquet")
 
 
 @pytest.fixture(scope="module")

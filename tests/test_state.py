@@ -71,3 +71,13 @@ def test_resolve_moves_to_the_nearest_valid_view(store):
 def test_default_colouring_is_a_lobe_colouring(store):
     st, notes = resolve(ViewState(), store)
     assert st.atlas == "syn" and st.layer == 0 and st.color == "lobe:phi:4" and notes == []
+
+
+def test_camera_centre_round_trips_and_bad_ones_are_dropped():
+    st = ViewState(atlas="a", layer=0, face=3, q=0.999, cam=(0.69, 0.14, -0.29), ctr=(0.452, 0.263, -0.37))
+    q = st.to_query()
+    assert q.endswith("&q=0.999&face=3&cam=0.69,0.14,-0.29&ctr=0.452,0.263,-0.37")
+    assert parse_query(q) == (st, [])
+    for bad in ("ctr=1,2", "ctr=nan,0,0", "ctr=x,y,z"):
+        back, problems = parse_query("?" + bad)
+        assert back.ctr is None and len(problems) == 1 and problems[0].startswith("ignored ctr=")

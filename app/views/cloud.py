@@ -150,6 +150,71 @@ def crystal_traces(store: AtlasStore, st: ViewState, xyz: np.ndarray) -> tuple[d
     return shown, face
 
 
+# --------------------------------------------------------------------------- camera
+
+
+def scene_box(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Axis ranges ``(lo, hi)`` and aspect ratio of the scene box around the points.
+
+    Fixed here rather than left to plotly's autorange so that the server can place the
+    camera: plotly's normalised scene coordinates put the box centre at 0 and scale axis i
+    to span ``aspect[i]``. The 1/32 margin is plotly's own autorange padding; the aspect
+    ratio is that of ``aspectmode="data"`` (proportional to the ranges, geometric mean 1).
+    """
+    lo, hi = np.nanmin(xyz, axis=0).astype(float), np.nanmax(xyz, axis=0).astype(float)
+    span = np.where(hi > lo, hi - lo, 2.0)
+    lo, hi = lo - span / 32, lo + span * 33 / 32
+    span = hi - lo
+    return np.stack([lo, hi]), span / np.exp(np.log(span).mean())
+
+
+def normalised(p: np.ndarray, box: np.ndarray, aspect: np.ndarray) -> np.ndarray:
+    """Data coordinates -> plotly's normalised scene coordinates (see ``scene_box``)."""
+    return (np.asarray(p, float) - box.mean(axis=0)) / (box[1] - box[0]) * aspect
+
+
+def fly_to_face(store: AtlasStore, st: ViewState) -> tuple[tuple, tuple] | None:
+    """Camera ``(eye, center)`` that centres crystal face ``st.face`` and looks at it closely.
+
+    The centre is the face's centroid; the eye sits on the face's normal (the side of the
+    current eye, so the view turns as little as possible) at 1.5 face diameters, between 0.25
+    and 1 box units (the default eye is 2.17 away). Deterministic, so ``face=`` alone restores it.
+    """
+    tab = store.crystals(st.atlas, st.layer)
+    if st.face is None or tab is None or not 0 <= st.face < len(tab):
+        return None
+    xyz = store.coords(st.atlas, st.layer, st.layout)
+    box, aspect = scene_box(xyz)
+    quad = normalised(xyz[tab.loc[st.face, ["a", "b", "c", "d"]].to_numpy(dtype=np.int64)], box, aspect)
+    center = quad.mean(axis=0)
+    before = np.asarray(st.cam if st.cam is not None else (1.25, 1.25, 1.25), float)
+    before = before / (np.linalg.norm(before) or 1.0)
+    normal = np.cross(quad[1] - quad[0], quad[2] - quad[0])
+    if np.linalg.norm(normal) < 1e-9:  # a degenerate face: keep the current viewing direction
+        normal = before
+    normal = normal / np.linalg.norm(normal)
+    if normal @ before < 0:
+        normal = -normal
+    size = np.linalg.norm(quad - center, axis=1).max() * 2
+    eye = center + normal * float(np.clip(1.5 * size, 0.25, 1.0))
+    return tuple(round(float(v), 2) for v in eye), tuple(round(float(v), 3) for v in center)
+
+
+def camera(st: ViewState) -> dict | None:
+    if st.cam is None and st.ctr is None:
+        return None
+    cam = {"eye": dict(zip("xyz", st.cam if st.cam is not None else (1.25, 1.25, 1.25)))}
+    if st.ctr is not None:
+        cam["center"] = dict(zip("xyz", st.ctr))
+    return cam
+
+
+def _axes(xyz: np.ndarray) -> dict:
+    box, aspect = scene_box(xyz)
+    return {"ranges": [[float(box[0, i]), float(box[1, i])] for i in range(3)],
+            "aspectratio": dict(zip("xyz", map(float, aspect)))}
+
+
 # --------------------------------------------------------------------------- figure
 
 
@@ -176,9 +241,11 @@ def figure(store: AtlasStore, st: ViewState) -> tuple[go.Figure, list]:
     fig.update_traces(faces, selector=3)
     fig.update_traces(face, selector=4)
     axis = {"showticklabels": False, "title": {"text": ""}, "showspikes": False, "backgroundcolor": "#fafafa"}
-    scene = {"xaxis": axis, "yaxis": axis, "zaxis": axis, "aspectmode": "data", "uirevision": "cloud"}
-    if st.cam is not None:
-        scene["camera"] = {"eye": dict(zip("xyz", st.cam))}
+    box = _axes(xyz)
+    scene = {**{f"{c}axis": {**axis, "range": r} for c, r in zip("xyz", box["ranges"])},
+             "aspectmode": "manual", "aspectratio": box["aspectratio"], "uirevision": "cloud"}
+    if (cam := camera(st)) is not None:
+        scene["camera"] = cam
     # template "none": the default template would add ~7 kB of styling to every figure
     fig.update_layout(scene=scene, margin={"l": 0, "r": 0, "t": 0, "b": 0}, showlegend=False, template="none",
                       uirevision="cloud", paper_bgcolor="white", hovermode="closest")
@@ -194,6 +261,10 @@ def patch(store: AtlasStore, old: ViewState, st: ViewState) -> tuple[Patch | Non
     moved = st.layout != old.layout
     if moved:
         p["data"][0]["x"], p["data"][0]["y"], p["data"][0]["z"] = (typed(xyz[:, i]) for i in range(3))
+        box = _axes(xyz)
+        for c, r in zip("xyz", box["ranges"]):
+            p["layout"]["scene"][f"{c}axis"]["range"] = r
+        p["layout"]["scene"]["aspectratio"] = box["aspectratio"]
         changed = True
     if st.color != old.color:
         col = colouring(store, st)
@@ -211,5 +282,10 @@ def patch(store: AtlasStore, old: ViewState, st: ViewState) -> tuple[Patch | Non
         faces, face = crystal_traces(store, st, xyz)
         p["data"][3].update(faces)
         p["data"][4].update(face)
+        changed = True
+    # A newly picked face moves the camera (the controller put the flight into the state);
+    # any other camera change came from the user's own rotation, which uirevision keeps.
+    if st.face is not None and st.face != old.face and (cam := camera(st)) is not None:
+        p["layout"]["scene"]["camera"] = cam
         changed = True
     return (p, legend) if changed else (None, None)

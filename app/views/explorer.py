@@ -133,6 +133,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
                 st = _apply_control(store, st, prop, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v,
                                     q_v, click, sclick, curve_layers)
             st, _ = resolve(st, store)  # a control can only ask for what exists; snap silently
+        st = _fly(store, st, prev, fresh=prop == "." or not prev)
         query = st.to_query()
         return (query if query != (search or "") else no_update,
                 _notice(notes), st.model_dump(), *_controls(store, st))
@@ -147,10 +148,15 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
         if not view or not isinstance(eye, dict) or not all(isinstance(eye.get(c), (int, float)) for c in "xyz"):
             raise PreventUpdate
         st = ViewState(**view)
-        cam = tuple(round(float(eye[c]), 2) for c in "xyz")
-        if cam == st.cam:
+        center = cam.get("center")
+        ctr = st.ctr
+        if isinstance(center, dict) and all(isinstance(center.get(c), (int, float)) for c in "xyz"):
+            ctr = tuple(round(float(center[c]), 3) for c in "xyz")
+            ctr = None if not any(ctr) else ctr  # plotly's default centre stays out of the link
+        eye = tuple(round(float(eye[c]), 2) for c in "xyz")
+        if (eye, ctr) == (st.cam, st.ctr):
             raise PreventUpdate
-        return st.with_(cam=cam).to_query()
+        return st.with_(cam=eye, ctr=ctr).to_query()
 
     @app.callback(Output("cloud", "figure"), Output("rendered", "data"), Output("legend", "children"),
                   Input("view", "data"), State("rendered", "data"))
@@ -292,6 +298,20 @@ def _apply_control(store: AtlasStore, st: ViewState, prop: str, atlas_v, layer_v
         L = curve_layers[curve]
         return st.with_(layer=int(L), f=None, face=None)
     raise PreventUpdate
+
+
+def _fly(store: AtlasStore, st: ViewState, prev: dict | None, fresh: bool) -> ViewState:
+    """Fly the camera to a newly picked crystal face (a face link or a link with ``face=``).
+
+    An opened link that already names a camera centre keeps it: that link restores a view.
+    """
+    if st.face is None or st.atlas is None or (prev and prev.get("face") == st.face
+                                               and (prev.get("atlas"), prev.get("layer")) == (st.atlas, st.layer)):
+        return st
+    if fresh and st.ctr is not None:
+        return st
+    cam = cloud.fly_to_face(store, st)
+    return st if cam is None else st.with_(cam=cam[0], ctr=cam[1])
 
 
 def _clicked_feature(store: AtlasStore, st: ViewState, click) -> int:
