@@ -145,3 +145,33 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, monkeypatch):
     (tmp_path / "bad").mkdir()
     with pytest.raises(PrecomputeError, match="already exists"):
         run_precompute(PrecomputeConfig(**MICRO, out=tmp_path / "bad"))
+
+
+def test_tiny_atlas_through_geometry_opens_in_the_explorer(tiny, tmp_path):
+    """End to end: real SmolLM2 statistics -> geometry stage -> the app's API and page."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from analysis.stage import GeometryConfig, run_geometry
+    from app.server import create_app
+
+    root = tmp_path / "atlases"
+    shutil.copytree(tiny, root / "tiny")
+    run_geometry(root / "tiny", GeometryConfig(ks=[2, 4], n_permutations=10, n_random=5, umap=False,
+                                               entropy_samples=256, entropy_bootstrap=3))
+    atlas = open_atlas(root / "tiny")
+    assert all("geometry" in i.computed and "brain" in i.computed for i in atlas.manifest.layers)
+    client = TestClient(create_app(root))
+    listing = client.get("/api/atlases").json()
+    assert [(a["name"], a["model"], a["error"]) for a in listing] == [("tiny", "SmolLM2-135M-Instruct", None)]
+    pts = client.get("/api/atlases/tiny/layers/5/points", params={"layout": "pca"}).json()
+    assert len(pts["x"]) == 512
+    f = int(np.argmax(np.asarray(atlas.array("layers/5/fire_count.npy"))))
+    card = client.get(f"/api/atlases/tiny/layers/5/features/{f}").json()
+    assert card["feature"] == f and card["contexts"] and card["neighbours"]
+    peak = card["contexts"][0]
+    assert isinstance(peak["tokens"][peak["peak"]], str)
+    assert client.get("/api/atlases/tiny/layers/5/features/512").status_code == 404
+    page = client.get("/", params={"atlas": "tiny", "layer": 5, "f": f})
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
