@@ -37,6 +37,8 @@ from scipy import stats
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.metrics import silhouette_score
 
+from analysis.layout import neighbors as cosine_neighbors
+
 TASKS = ["country-capital", "country-currency", "English-French", "English-German",
          "English-Spanish", "landmark-country", "person-instrument", "person-occupation",
          "person-sport", "present-past", "product-company", "singular-plural"]
@@ -248,34 +250,6 @@ def _project_out(X: np.ndarray, U: np.ndarray | None) -> np.ndarray:
         return X
     Q = _orthonormal_rows(U).astype(X.dtype)
     return X - (X @ Q.T) @ Q
-
-
-def cosine_neighbors(X: np.ndarray, k: int, *, chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k decoder-cosine neighbours of every row, self excluded, best first.
-
-    X : [F, d]. Returns (indices int32 [F, k], cosines float32 [F, k]); rows of zero norm
-    (dead features) are never anyone's neighbour and get cosine -inf rows.
-    """
-    X = np.asarray(X, dtype=np.float32)
-    F = len(X)
-    k = min(k, F - 1)
-    norms = np.linalg.norm(X, axis=1)
-    alive = norms > 0
-    Xn = X / np.where(alive, norms, 1.0)[:, None]
-    idx = np.empty((F, k), dtype=np.int32)
-    cos = np.empty((F, k), dtype=np.float32)
-    for s in range(0, F, chunk_size):
-        e = min(F, s + chunk_size)
-        S = Xn[s:e] @ Xn.T
-        S[:, ~alive] = -np.inf
-        S[np.arange(e - s), np.arange(s, e)] = -np.inf
-        part = np.argpartition(-S, k - 1, axis=1)[:, :k]
-        vals = np.take_along_axis(S, part, axis=1)
-        order = np.argsort(-vals, axis=1, kind="stable")
-        idx[s:e] = np.take_along_axis(part, order, axis=1)
-        cos[s:e] = np.take_along_axis(vals, order, axis=1)
-    cos[~alive] = -np.inf
-    return idx, cos
 
 
 def _edges(neighbors: np.ndarray, alive: np.ndarray) -> np.ndarray:

@@ -73,11 +73,14 @@ def cooccurrence_affinity(C, T: int, name: str) -> np.ndarray:
     if name == "phi":
         # n11 n00 - n10 n01 simplifies to T C_ij - C_ii C_jj; the four margins are
         # C_ii, T - C_ii, C_jj, T - C_jj.
-        num = T * n11 - ci * cj
-        margin = c * (T - c)
-        den = np.sqrt(margin[:, None] * margin[None, :])
-        return _safe_divide(num, den) + 1.0
+        return phi_coefficient(n11, ci, cj, T) + 1.0
     raise ValueError(f"unknown affinity {name!r}; expected one of {AFFINITIES}")
+
+
+def phi_coefficient(n11, ci, cj, T: float) -> np.ndarray:
+    """Unshifted phi of co-occurrence counts ``n11`` with presence counts ``ci``, ``cj``
+    (broadcast) out of ``T`` blocks; 0 where undefined (a feature never or always present)."""
+    return _safe_divide(T * n11 - ci * cj, np.sqrt(ci * (T - ci) * cj * (T - cj)))
 
 
 def geometry_affinity(W: np.ndarray) -> np.ndarray:

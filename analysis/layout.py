@@ -106,7 +106,7 @@ def align_layers(decoders: list[np.ndarray], coords: list[np.ndarray], rotate: b
 
 
 def neighbors(W: np.ndarray, K: int = 16, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Top-K decoder-cosine neighbours of every feature, self excluded, best first.
+    """Top-K decoder-cosine neighbours of every feature, self and dead (zero) rows excluded, best first.
 
     The cosine matrix is formed ``chunk`` rows at a time (``chunk × F`` floats), so 65k
     features fit in memory. Returns ``(indices int32 [F, K], cosines float32 [F, K])``;
@@ -114,6 +114,7 @@ def neighbors(W: np.ndarray, K: int = 16, chunk: int = 2048) -> tuple[np.ndarray
     """
     U = np.asarray(W, dtype=np.float32)
     norms = np.linalg.norm(U, axis=1, keepdims=True)
+    dead = norms[:, 0] == 0
     U = U / np.where(norms == 0, 1.0, norms)
     F = U.shape[0]
     K = min(K, F - 1)
@@ -121,6 +122,7 @@ def neighbors(W: np.ndarray, K: int = 16, chunk: int = 2048) -> tuple[np.ndarray
     cos = np.empty((F, K), dtype=np.float32)
     for s in range(0, F, chunk):
         S = U[s:s + chunk] @ U.T
+        S[:, dead] = -np.inf              # a dead feature (zero row) is nobody's neighbour
         rows = np.arange(S.shape[0])
         S[rows, s + rows] = -np.inf
         part = np.argpartition(-S, K - 1, axis=1)[:, :K]

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from analysis import brain, galaxy, layout
+from analysis import atom, brain, galaxy, layout
 
 PARTS = ("layout", "neighbors", "galaxy", "brain", "crystals", "atom")
 
@@ -172,8 +172,10 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
         files[name] = layout.align_one(W, Y, prev, rotate)
     computed.append("layout")
 
-    nb, nc = layout.neighbors(W, config.neighbors_k)
-    files["neighbors.npy"], files["neighbors_cos.npy"] = nb, nc
+    # one neighbour table serves the card (neighbors_k) and the crystal search's edges
+    n_crystal = config.crystal_options.get("n_neighbors", 0) if config.crystals else 0
+    nb, nc = layout.neighbors(W, max(config.neighbors_k, n_crystal))
+    files["neighbors.npy"], files["neighbors_cos.npy"] = nb[:, :config.neighbors_k], nc[:, :config.neighbors_k]
     computed.append("neighbors")
 
     files.update(compute_galaxy(W, config))
@@ -187,13 +189,11 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
         files.update(compute_brain(W, C, T, config, blocks, block_subset, subsets, top_tokens))
         computed.append("brain")
 
-    from analysis import atom
-
     atom_json: dict[str, Any] = {}
     if not config.crystals:
         computed.append("skipped:crystals (disabled in config)")
     else:
-        crystals = atom.crystal_search(W, **config.crystal_options)
+        crystals = atom.crystal_search(W, neighbors=nb, **config.crystal_options)
         files["crystals.parquet"] = crystals
         atom_json["crystal_search"] = {**config.crystal_options, "n_faces": len(crystals),
                                        "n_edge_pairs": int(crystals.attrs.get("n_edge_pairs", 0))}

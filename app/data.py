@@ -126,7 +126,10 @@ class AtlasStore:
         if atlas.has(rel):
             return np.asarray(atlas.array(rel), dtype=np.float32)
         if layout == "pca" and atlas.has(f"layers/{layer}/decoder.npy"):
-            return self.memo(name, ("pca-fallback", layer), lambda a: _pca3(a.array(f"layers/{layer}/decoder.npy")))
+            from analysis.layout import pca_coords  # scikit-learn comes with it: not at start-up
+
+            return self.memo(name, ("pca-fallback", layer),
+                             lambda a: pca_coords(a.array(f"layers/{layer}/decoder.npy")).astype(np.float32))
         return None
 
     def frequency(self, name: str, layer: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -276,9 +279,9 @@ class AtlasStore:
         keep = cols != feature
         cols, vals = cols[keep], vals[keep]
         if T > 0:
-            n1, n2 = diag[feature], diag[cols]
-            den = np.sqrt(n1 * (T - n1) * n2 * (T - n2))
-            phi = np.where(den > 0, (vals * T - n1 * n2) / np.where(den > 0, den, 1), 0.0)
+            from analysis.brain import phi_coefficient  # scikit-learn comes with it: not at start-up
+
+            phi = phi_coefficient(vals, diag[feature], diag[cols], T)
             order = np.argsort(-phi)[:k]
         else:
             phi = np.full(len(cols), np.nan)
@@ -303,10 +306,3 @@ def _unit_rows(W: np.ndarray) -> np.ndarray:
     W = np.asarray(W, dtype=np.float32)
     return W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
 
-
-def _pca3(W: np.ndarray) -> np.ndarray:
-    """3-D PCA of the decoder rows (stand-in when coords_pca.npy was not computed)."""
-    X = np.asarray(W, dtype=np.float64)
-    X = X - X.mean(0)
-    _, _, Vt = np.linalg.svd(X, full_matrices=False)
-    return (X @ Vt[:3].T).astype(np.float32)

@@ -219,7 +219,7 @@ def test_cosine_neighbors_match_brute_force():
     rng = np.random.default_rng(4)
     X = rng.normal(size=(50, 6))
     X[7] = 0                                                 # a dead feature
-    idx, cos = atom.cosine_neighbors(X, 5, chunk_size=16)
+    idx, cos = atom.cosine_neighbors(X, 5, chunk=16)
     Xn = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
     S = Xn @ Xn.T
     np.fill_diagonal(S, -np.inf)
