@@ -3,7 +3,8 @@
 * ``load_sae(spec)``: ``spec`` is a local folder saved by sae-lens (``SAE.load_from_disk``), or
   ``release/sae_id`` of sae-lens' pretrained directory (``SAE.from_pretrained``), e.g.
   ``gpt2-small-res-jb/blocks.8.hook_resid_pre`` or
-  ``gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical``.
+  ``gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical`` or
+  ``gemma-scope-2-270m-pt-res/layer_12_width_16k_l0_medium`` (Gemma Scope 2, offline from the cache too).
 * ``check_fit(loaded, model, layer)``: refuses an SAE whose input width or hook does not
   match the model.
 * ``train_sae(acts, hook, ...)``: a TopK SAE (Gao et al. 2024) trained with sae-lens' own
@@ -17,6 +18,7 @@ import difflib
 import math
 import tempfile
 import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from precompute.errors import SAEError
-from precompute.models import LoadedModel, hook_name, hub_error, hub_reachable, parse_hook
+from precompute.models import LoadedModel, hook_name, hub_reachable, parse_hook
 
 
 @dataclass
@@ -62,8 +64,38 @@ def _wrap(sae, source: str, neuronpedia: str | None = None) -> LoadedSAE:
     except Exception:
         raise SAEError(f"SAE {source} reads hook {hook!r}, which saegeo cannot capture; supported: "
                        f"blocks.<L>.hook_resid_pre / hook_resid_post / hook_attn_out / hook_mlp_out") from None
+    # sae-lens copies the directory's Neuronpedia id into the config, and a folder saved from
+    # such an SAE keeps it; the directory lookup only covers SAEs loaded by release name.
+    neuronpedia = getattr(sae.cfg.metadata, "neuronpedia_id", None) or neuronpedia
     return LoadedSAE(sae=sae, source=source, hook=hook, layer=layer, architecture=sae.cfg.architecture(),
                      neuronpedia=neuronpedia)
+
+
+@contextmanager
+def _tensor_shapes_from_cache():
+    """sae-lens' Gemma Scope 2 converter (``gemma_3``) reads d_in and d_sae from the header of
+    ``params.safetensors`` with HTTP range requests that ignore HF_HUB_OFFLINE, so a fully
+    cached SAE still fails without network. While offline, read that header from the cached
+    file instead; the rest of sae-lens' converter and loader runs unchanged."""
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+
+    original = getattr(loaders, "get_safetensors_tensor_shapes", None)
+    if original is None:    # a sae-lens without the remote header probe needs no help
+        yield
+        return
+
+    def from_cache(repo_id: str, filename: str) -> dict[str, list[int]]:
+        from huggingface_hub import hf_hub_download
+        from safetensors import safe_open
+
+        with safe_open(hf_hub_download(repo_id, filename), framework="pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+
+    loaders.get_safetensors_tensor_shapes = from_cache
+    try:
+        yield
+    finally:
+        loaders.get_safetensors_tensor_shapes = original
 
 
 def _split_release(spec: str) -> tuple[str, str]:
@@ -119,16 +151,22 @@ def load_sae(spec: str, device: str | torch.device = "cpu") -> LoadedSAE:
     try:
         # Without network only the local cache can serve; offline mode fails at once
         # instead of retrying the connection for half a minute.
-        constants.HF_HUB_OFFLINE = offline_before or not online
-        with warnings.catch_warnings():
+        constants.HF_HUB_OFFLINE = offline = offline_before or not online
+        with warnings.catch_warnings(), (_tensor_shapes_from_cache() if offline else nullcontext()):
             warnings.simplefilter("ignore")
             sae = SAE.from_pretrained(release, sae_id, device=device)
     except Exception as e:  # noqa: BLE001 - the Hub client raises many types
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if not online:
-            raise SAEError(hub_error("SAE", f"{release}/{sae_id}")
-                           .replace("Use a local folder", "Save it with SAE.save_model on a machine with "
-                                    "network access and pass that folder")) from None
+        # Cache misses and refused connections are OSErrors; anything else (a damaged cached
+        # file, say) is reported as itself rather than as a miss.
+        if not online and isinstance(e, OSError):
+            # Name the Hub repo and folder: release/sae_id is sae-lens' name, not a Hub path.
+            raise SAEError(
+                f"could not load SAE '{release}/{sae_id}': the Hugging Face Hub could not be reached and "
+                f"it is not in the local cache ({constants.HF_HUB_CACHE}). On a machine with network "
+                f"access, run `hf download {lookup.repo_id} --include '{lookup.saes_map[sae_id]}*'` and "
+                f"copy its cache here (HF_HOME), or load the SAE there, save it with SAE.save_model and "
+                f"pass that folder.") from None
         raise SAEError(f"could not load SAE {release}/{sae_id}: {msg}") from None
     finally:
         constants.HF_HUB_OFFLINE = offline_before
