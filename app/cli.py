@@ -134,6 +134,43 @@ def precompute(
     typer.echo(f"wrote atlas {path}")
 
 
+@app.command("train-saes")
+def train_saes(
+    model: Annotated[str, typer.Option(help="'smollm2' or 'gemma3-270m' (embedded), or any model precompute takes.")] = "smollm2",
+    layers: Annotated[Optional[str], typer.Option(help="Comma-separated layers (default for the embedded models: 8,15,20 / 5,9,12).")] = None,
+    n_tokens: Annotated[int, typer.Option(min=1, help="Training tokens per SAE.")] = 2_000_000,
+    eval_tokens: Annotated[int, typer.Option(min=1, help="Held-back tokens on which quality is measured.")] = 65_536,
+    width: Annotated[int, typer.Option(min=1, help="Features per SAE.")] = 4096,
+    k: Annotated[int, typer.Option(min=1, help="Active features per token (TopK).")] = 32,
+    corpus: Annotated[str, typer.Option(help="Corpus (as for precompute).")] = "default",
+    dtype: Annotated[str, typer.Option(help="Forward precision: auto, float32, bfloat16, float16.")] = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the shipped precompute/embedded_saes/<model>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch.")] = None,
+):
+    """Train the SAEs that ship with an embedded model (resumable; about an hour on two CPU cores)."""
+    try:
+        from precompute.train_saes import PrecomputeError, TrainSAEsConfig, run_train_saes
+    except ImportError as e:
+        _fail(f"the precompute extra is not installed ({e}); run `pip install 'saegeo[precompute]'`")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        cfg = TrainSAEsConfig(model=model, n_tokens=n_tokens, eval_tokens=eval_tokens, width=width, k=k, corpus=corpus, dtype=dtype,
+                              out=out, resume=resume,
+                              layers=[int(x) for x in layers.split(",") if x.strip()] if layers else [])
+        path = run_train_saes(cfg)
+    except ValueError as e:
+        _fail(f"bad train-saes settings: {e}")
+    except PrecomputeError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted; run the same command with --resume to continue", 130)
+    typer.echo(f"wrote SAEs to {path}")
+
+
 @app.command()
 def report(atlas: Annotated[Path, typer.Argument(help="Atlas directory.")],
            as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,

