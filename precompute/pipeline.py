@@ -37,8 +37,9 @@ from tqdm.auto import tqdm
 
 from precompute.corpus import TokenizedCorpus, open_corpus, tokenize_corpus
 from precompute.errors import PrecomputeError
-from precompute.models import LoadedModel, hook_name, load_model
+from precompute.models import LoadedModel, embedded_name, hook_name, load_model, parse_hook
 from precompute.saes import LoadedSAE, check_fit, load_sae, save_sae, train_sae
+from precompute.train_saes import EMBEDDED_SAES
 
 __all__ = ["PrecomputeConfig", "PrecomputeError", "PROFILES", "run_precompute"]
 
@@ -51,10 +52,12 @@ PROFILES: dict[str, dict[str, Any]] = {
                  geometry_config=dict(ks=[2, 4, 8, 16], n_permutations=20, n_random=10,
                                       entropy_samples=512, entropy_bootstrap=5)),
     # first run of `make demo`: within ten minutes on two CPU cores, SAE training included
-    "demo": dict(layers=[3, 10, 17, 24], max_tokens=64_000, train_tokens=64_000, seq_len=512,
-                 block_size=128, sae_width=2048, sae_k=32, train_epochs=2.5, batch_size=8,
-                 checkpoint_every=10, eval_tokens=16_384,
-                 # k-means for k up to 1024 on 2,048 features alone takes longer than the
+    # first run of `make demo`: the SAEs shipped with the embedded model (trained once on 2M
+    # tokens by `saegeo train-saes`), statistics over 512k tokens in 256-token blocks as
+    # published; the first page within ten minutes on two CPU cores
+    "demo": dict(saes=["embedded"], max_tokens=512_000, seq_len=1024, block_size=256, batch_size=8,
+                 checkpoint_every=10, eval_tokens=65_536,
+                 # k-means for k up to 1024 on 4,096 features alone takes longer than the
                  # whole budget, and k > 128 leaves a handful of features per lobe at this width
                  geometry_config=dict(ks=[2, 3, 4, 8, 16, 32, 64, 128], n_random=20)),
 }
@@ -63,8 +66,10 @@ PROFILES: dict[str, dict[str, Any]] = {
 class PrecomputeConfig(BaseModel):
     """Everything that determines an atlas. Field names are the CLI options."""
 
-    model: str = "smollm2"                  # "smollm2" (embedded), a Hub id, or a local folder
-    saes: list[str] = Field(default_factory=list)  # sae-lens "release/sae_id" or folders; [] = train here
+    model: str = "smollm2"                  # "smollm2" / "gemma3-270m" (embedded), a Hub id, or a folder
+    # sae-lens "release/sae_id" or folders; ["embedded"] = the SAEs shipped with an embedded
+    # model; [] = train here
+    saes: list[str] = Field(default_factory=list)
     layers: list[int] = Field(default_factory=list)  # [] with saes: the SAEs' own layers
     corpus: str = "default"                 # "default", a file/folder, or "hf:NAME[:CONFIG:SPLIT]"
     text_field: str = "text"
@@ -82,6 +87,8 @@ class PrecomputeConfig(BaseModel):
     eval_tokens: int = 16_384               # tokens on which explained variance is measured
     max_stored_blocks: int = 20_000
     device: str = "auto"
+    # model forward precision: auto = bfloat16 on CUDA and on CPUs with native bf16, float32 elsewhere
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     threads: int | None = None              # torch CPU threads (None: torch's default)
     batch_size: int = 8                     # documents per forward pass
     checkpoint_every: int = 10              # batches between checkpoints
@@ -215,12 +222,22 @@ def _resolve_saes(cfg: PrecomputeConfig, lm: LoadedModel) -> tuple[list[int], li
         if len(set(cfg.layers)) != len(cfg.layers):
             raise PrecomputeError(f"layers {cfg.layers} list a layer twice")
         return sorted(cfg.layers), []
-    if cfg.layers and len(cfg.layers) != len(cfg.saes):
-        raise PrecomputeError(f"{len(cfg.saes)} SAE(s) but {len(cfg.layers)} layer(s): give one layer per SAE "
+    specs, want = _expand_saes(cfg.saes, cfg.model), list(cfg.layers)
+    if cfg.saes == ["embedded"] and want:   # --layers picks among the shipped SAEs
+        have = {parse_hook(Path(p).name)[0]: p for p in specs}
+        missing = [L for L in want if L not in have]
+        if missing:
+            raise PrecomputeError(f"no shipped SAE reads layer(s) {missing} of {cfg.model}; shipped layers: "
+                                  f"{sorted(have)} (train others with `saegeo train-saes --layers ...`)")
+        specs = [have[L] for L in want]
+    if want and len(want) != len(specs):
+        raise PrecomputeError(f"{len(specs)} SAE(s) but {len(want)} layer(s): give one layer per SAE "
                               f"(same order) or leave the layers out")
     loaded = []
-    for i, spec in enumerate(cfg.saes):
+    for i, spec in enumerate(specs):
         s = load_sae(spec, device=lm.device)
+        if Path(spec).parent.parent == EMBEDDED_SAES:
+            _embedded_provenance(s, Path(spec))
         check_fit(s, lm, cfg.layers[i] if cfg.layers else None)
         loaded.append(s)
     layers = [s.layer for s in loaded]
@@ -228,6 +245,33 @@ def _resolve_saes(cfg: PrecomputeConfig, lm: LoadedModel) -> tuple[list[int], li
         raise PrecomputeError(f"two SAEs read the same layer ({layers}); one SAE per layer")
     order = np.argsort(layers)
     return [layers[i] for i in order], [loaded[i] for i in order]
+
+
+def _expand_saes(specs: list[str], model: str) -> list[str]:
+    """``embedded`` -> the folders of the SAEs shipped with the embedded model ``model``."""
+    if "embedded" not in specs:
+        return list(specs)
+    name = embedded_name(model)
+    folder = EMBEDDED_SAES / (name or "")
+    if name is None or not folder.is_dir():
+        raise PrecomputeError(f"no SAEs ship with model {model!r} (they exist for "
+                              f"{sorted(p.name for p in EMBEDDED_SAES.iterdir() if p.is_dir() and not p.name.startswith('.'))}); "
+                              f"pass --sae, or train them with `saegeo train-saes --model {model}`")
+    shipped = sorted((p for p in folder.iterdir() if (p / "cfg.json").is_file()),
+                     key=lambda p: parse_hook(p.name)[0])
+    out = []
+    for spec in specs:
+        out += [str(p) for p in shipped] if spec == "embedded" else [spec]
+    return out
+
+
+def _embedded_provenance(s: LoadedSAE, folder: Path) -> None:
+    """Name a shipped SAE by what it is, not by this machine's path, with its training record."""
+    s.source = f"saegeo:embedded_saes/{folder.parent.name}/{folder.name}"
+    meta = folder / "training.json"
+    if meta.is_file():
+        rec = json.loads(meta.read_text())
+        s.training, s.metrics = rec.get("training"), dict(rec.get("metrics", {}))
 
 
 def _tokenize(cfg: PrecomputeConfig, lm: LoadedModel, work: Path) -> TokenizedCorpus:
@@ -466,7 +510,7 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
-    lm = load_model(cfg.model, cfg.device)
+    lm = load_model(cfg.model, cfg.device, cfg.dtype)
     layers, saes = _resolve_saes(cfg, lm)
     train = not saes
     hooks = [hook_name(L) for L in layers] if train else [s.hook for s in saes]
@@ -504,7 +548,8 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
     manifest = Manifest(
         title=f"{lm.name} - {_corpus_name(work, cfg)}",
         model=ModelInfo(name=lm.name, source=lm.source, d_model=lm.d_model, n_layers=lm.n_layers,
-                        tokenizer=type(lm.tokenizer).__name__),
+                        tokenizer=type(lm.tokenizer).__name__, vocab_size=len(lm.tokenizer),
+                        dtype=str(lm.dtype).removeprefix("torch."), hooks=lm.hook_tensors()),
         corpus=CorpusInfo(name=_corpus_name(work, cfg), subsets=tc.subsets, n_documents=tc.n_docs,
                           n_tokens=tc.n_tokens, block_size=cfg.block_size,
                           threshold=thresholds[layers[0]] if len(set(thresholds.values())) == 1 else None),

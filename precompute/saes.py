@@ -131,7 +131,9 @@ def load_sae(spec: str, device: str | torch.device = "cpu") -> LoadedSAE:
         if not (path / "cfg.json").is_file():
             raise SAEError(f"{path} is not an SAE saved by sae-lens (no cfg.json)")
         try:
-            sae = SAE.load_from_disk(path, device=device)
+            # float32 whatever the file holds: the shipped SAEs are float16 on disk to stay
+            # small, but encoding and the statistics are done in float32
+            sae = SAE.load_from_disk(path, device=device, dtype="float32")
         except Exception as e:  # noqa: BLE001 - any failure to read the folder is the same problem
             raise SAEError(f"could not load the SAE in {path}: {str(e).splitlines()[0]}") from None
         return _wrap(sae, str(path.resolve()))

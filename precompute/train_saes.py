@@ -107,6 +107,15 @@ def direction_quality(W: np.ndarray, seed: int = 0) -> dict:
     return {"nn_cos_median": med, "nn_cos_median_random": rnd, "nn_cos_ratio": med / rnd}
 
 
+def held_back(n_docs: int, holdout_every: int = 20, seed: int = 0) -> np.ndarray:
+    """Which of the first ``n_docs`` corpus documents are held back from training: a seeded
+    random choice of one in ``holdout_every`` (its first entries do not depend on ``n_docs``,
+    so a test can find the held-back documents among the first few). Not every n-th
+    document: the corpus interleaves its subsets in turn, so a stride would hold back one
+    subset only."""
+    return np.random.default_rng(seed).random(n_docs) < 1.0 / holdout_every
+
+
 def _split(cfg: TrainSAEsConfig, lm, work: Path):
     """Tokenized training and held-back documents (cached in the work folder)."""
     path = work / "tokens.npz"
@@ -116,9 +125,7 @@ def _split(cfg: TrainSAEsConfig, lm, work: Path):
     need = int(max(cfg.n_tokens * cfg.holdout_every / (cfg.holdout_every - 1), cfg.eval_tokens * cfg.holdout_every) * 1.1)
     tc = tokenize_corpus(open_corpus(cfg.corpus), lm.tokenize, seq_len=cfg.seq_len, max_tokens=need,
                          progress=cfg.progress)
-    # a seeded random choice, not every n-th document: the corpus interleaves its subsets in
-    # turn, so a stride would hold back one subset only
-    held = np.random.default_rng(cfg.seed).random(tc.n_docs) < 1.0 / cfg.holdout_every
+    held = held_back(tc.n_docs, cfg.holdout_every, cfg.seed)
     lens = tc.lengths()
     out = {}
     for name, mask, budget in (("train", ~held, cfg.n_tokens), ("eval", held, cfg.eval_tokens)):
