@@ -133,7 +133,7 @@ def test_fits_the_embedded_gemma(gemma_sae):
     from precompute.models import load_model
 
     s, _ = gemma_sae
-    lm = load_model("gemma3-270m", device="cpu")
+    lm = load_model("gemma3-270m", device="cpu", dtype="auto")   # as the pipeline below: one load
     assert (lm.d_model, lm.n_layers) == (640, 18)
     check_fit(s, lm)
     check_fit(s, lm, layer=12)
