@@ -12,6 +12,8 @@ Derived files may be missing (an atlas with raw statistics only): every accessor
 """
 from __future__ import annotations
 
+import json
+
 import re
 import threading
 from dataclasses import dataclass, field
@@ -63,6 +65,22 @@ class AtlasStore:
 
     def names(self) -> list[str]:
         return sorted(self.paths())
+
+    def building(self) -> list[dict]:
+        """Atlases a precompute is writing right now: the ``progress.json`` it keeps in its
+        ``<name>.partial/`` work folder (name, model, stage, done, total), newest first."""
+        out = []
+        if not self.root.is_dir():
+            return out
+        for f in self.root.glob("*.partial/progress.json"):
+            try:
+                p = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue   # being replaced this very moment: next poll
+            name = f.parent.name.removesuffix(".partial")
+            if valid_name(name) and isinstance(p, dict):
+                out.append({"name": name, **{k: p.get(k) for k in ("model", "stage", "done", "total", "updated")}})
+        return sorted(out, key=lambda p: -(p["updated"] or 0))
 
     def open(self, name: str) -> Atlas:
         """The opened atlas; raises UnknownAtlas or AtlasError (one readable line)."""

@@ -307,8 +307,8 @@ def hf_corpus(spec: str, text_field: str = "text", subset_field: str | None = No
     if not name:
         raise CorpusError("hf: corpus needs a dataset name, e.g. hf:monology/pile-uncopyrighted")
     if not hub_reachable():
-        raise CorpusError(hub_error("dataset", name).replace("`huggingface-cli download",
-                                                              "`huggingface-cli download --repo-type dataset"))
+        raise CorpusError(hub_error("dataset", name).replace("`hf download",
+                                                              "`hf download --repo-type dataset"))
 
     def make():
         try:

@@ -159,7 +159,7 @@ def hub_error(what: str, name: str) -> str:
     """The message for a Hub resource that is neither cached nor downloadable."""
     return (f"could not load {what} {name!r}: the Hugging Face Hub could not be reached and it is not in "
             f"the local cache. Use a local folder instead (download it elsewhere with "
-            f"`huggingface-cli download {name} --local-dir DIR` and pass DIR), or pre-fill the cache "
+            f"`hf download {name} --local-dir DIR` and pass DIR), or pre-fill the cache "
             f"(HF_HOME) on a machine with network access.")
 
 

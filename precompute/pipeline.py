@@ -143,6 +143,12 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _progress(work: Path, model: str, stage: str, done: int | None = None, total: int | None = None) -> None:
+    """``<out>.partial/progress.json``: what a running build is doing, for the explorer to show."""
+    _atomic_write_bytes(work / "progress.json", json.dumps(
+        {"model": model, "stage": stage, "done": done, "total": total, "updated": time.time()}).encode())
+
+
 def _log(cfg: PrecomputeConfig, msg: str) -> None:
     if cfg.progress:
         print(f"[saegeo precompute] {msg}", file=sys.stderr, flush=True)
@@ -438,6 +444,7 @@ def _statistics(cfg, lm, tc, batches, n_cached, mm, layers, hooks, saes, thresho
         if (b + 1) % cfg.checkpoint_every == 0 and b + 1 < len(batches):
             _atomic_torch_save({"batch": b + 1, "layers": {L: stats[L].state_dict() for L in layers},
                                 "ev": {L: evs[L].state() for L in layers}}, ckpt)
+            _progress(work, lm.name, "statistics", o1, tc.n_tokens)
     bar.close()
     return {L: stats[L].finalize() for L in layers}, {L: evs[L].value() for L in layers}
 
@@ -517,8 +524,10 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
     _check_disk(cfg, lm.d_model, len(layers), cfg.sae_width if train else max(s.width for s in saes), train)
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(ident)
+    _progress(work, lm.name, "tokenizing")
 
     tc = _tokenize(cfg, lm, work)
+    _progress(work, lm.name, "statistics", 0, tc.n_tokens)
     _log(cfg, f"{tc.n_docs} documents, {tc.n_tokens} tokens, subsets {tc.subsets}")
     batches = _batches(tc, cfg.batch_size)
     n_cached, mm = 0, {}
@@ -530,7 +539,9 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
     results, evs = _statistics(cfg, lm, tc, batches, n_cached, mm, layers, hooks, saes, thresholds, work)
     pairs, word_arrays = (None, {})
     if cfg.word_pairs:
+        _progress(work, lm.name, "word pairs")
         pairs, word_arrays = _word_pairs(cfg, lm, layers, hooks)
+    _progress(work, lm.name, "writing the atlas")
 
     infos = []
     for L, h, s in zip(layers, hooks, saes):
@@ -594,8 +605,12 @@ def _geometry(cfg: PrecomputeConfig, out: Path) -> None:
     if geometry_done(out):
         return
     t = time.time()
+    work = cfg.work_dir()   # only the progress note lives here during this stage
+    work.mkdir(parents=True, exist_ok=True)
+    _progress(work, out.name, "geometry (lobes, spectra, crystals, layouts)")
     try:
         run_geometry(out, GeometryConfig(**cfg.geometry_config), progress=cfg.progress)
+        shutil.rmtree(work, ignore_errors=True)
     except Exception as e:
         raise PrecomputeError(f"the raw statistics are in {out}, but the geometry stage failed: "
                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e

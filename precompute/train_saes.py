@@ -50,7 +50,8 @@ class TrainSAEsConfig(BaseModel):
     model: str = "smollm2"
     layers: list[int] = Field(default_factory=list)   # [] = DEFAULT_LAYERS of an embedded model
     corpus: str = "default"
-    n_tokens: int = 2_000_000       # training tokens per SAE (BOS excluded), one epoch
+    n_tokens: int = 2_000_000       # training tokens per SAE (BOS excluded)
+    epochs: float = 1.0             # passes over them
     eval_tokens: int = 65_536       # held-back tokens on which quality is measured
     holdout_every: int = 20         # one document in 20 (seeded random) is held back
     seq_len: int = 1024             # tokens per document after BOS
@@ -226,7 +227,7 @@ def run_train_saes(cfg: TrainSAEsConfig) -> Path:
         t = time.time()
         acts = _bf16(train[L])
         s = train_sae(acts, hook_name(L), model_name=lm.name, width=cfg.width, k=cfg.k,
-                      n_samples=cfg.n_tokens, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed + L,
+                      n_samples=int(cfg.epochs * cfg.n_tokens), batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed + L,
                       device=lm.device, progress=cfg.progress, autocast=autocast,
                       checkpoint_dir=work / "ckpt" / str(L), n_checkpoints=cfg.n_checkpoints,
                       metrics_tokens=cfg.eval_tokens)

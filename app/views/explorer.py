@@ -61,6 +61,7 @@ def page(banner: str | None) -> html.Div:
         html.Header([html.H1("saegeo"), html.Span("geometry of sparse-autoencoder features", className="muted"),
                      html.Div(banner or "", id="custom-banner", className="banner info" if banner else "")]),
         html.Div(id="banner"),
+        html.Div(id="building"), dcc.Interval(id="building-tick", interval=5000),
         html.Div(id="notice"),
         html.Div([
             sidebar,
@@ -137,6 +138,19 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
         query = st.to_query()
         return (query if query != (search or "") else no_update,
                 _notice(notes), st.model_dump(), *_controls(store, st))
+
+    @app.callback(Output("building", "children"), Output("building-tick", "disabled"),
+                  Input("building-tick", "n_intervals"))
+    def building(_n):
+        """Progress of atlases still being built (the demo's second model), polled until none is left."""
+        items = store.building()
+        if not items:
+            return [], _n is not None   # keep polling briefly after load, then stop
+        rows = [html.Li(f"{b['name']} ({b['model'] or 'model'}): {b['stage'] or 'starting'}"
+                        + (f" {100 * b['done'] / b['total']:.0f} %" if b["done"] is not None and b["total"] else ""))
+                for b in items]
+        return html.Div([html.Strong("Being built (reload the page to open it when done): "), html.Ul(rows)],
+                        className="notice info", id="building-box"), False
 
     # The camera has its own callback: plotly reports relayouts (autosize, rotation) at any
     # time, and a controller call started by one would supersede a pending user action.
