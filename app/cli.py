@@ -209,6 +209,7 @@ def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")
 
     try:
         from precompute.pipeline import PrecomputeConfig, PrecomputeError, geometry_done, run_precompute
+        from precompute.train_saes import shipped_saes
     except ImportError as e:
         typer.echo(f"precompute unavailable ({e}); serving a synthetic atlas instead", err=True)
         _ensure_synthetic(atlas_dir)
@@ -229,7 +230,10 @@ def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")
             _fail(f"{e} (delete {atlas_dir / first} to rebuild it from scratch)")
     children = []
     for name, model in rest:
-        if pending(name):
+        if not shipped_saes(model):
+            typer.echo(f"no SAEs ship with {model} yet, so its demo atlas is not built: train them with "
+                       f"`saegeo train-saes --model {model}` (resumable), then run the demo again", err=True)
+        elif pending(name):
             typer.echo(f"building the demo atlas of {model} in {atlas_dir / name} in the background; "
                        f"it joins the atlas list when done (reload the page)")
             children.append(_background_build(model, atlas_dir / name))

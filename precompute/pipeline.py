@@ -37,9 +37,9 @@ from tqdm.auto import tqdm
 
 from precompute.corpus import TokenizedCorpus, open_corpus, tokenize_corpus
 from precompute.errors import PrecomputeError
-from precompute.models import LoadedModel, embedded_name, hook_name, load_model, parse_hook
+from precompute.models import LoadedModel, hook_name, load_model, parse_hook
 from precompute.saes import LoadedSAE, check_fit, load_sae, save_sae, train_sae
-from precompute.train_saes import EMBEDDED_SAES
+from precompute.train_saes import EMBEDDED_SAES, shipped_saes
 
 __all__ = ["PrecomputeConfig", "PrecomputeError", "PROFILES", "run_precompute"]
 
@@ -257,14 +257,11 @@ def _expand_saes(specs: list[str], model: str) -> list[str]:
     """``embedded`` -> the folders of the SAEs shipped with the embedded model ``model``."""
     if "embedded" not in specs:
         return list(specs)
-    name = embedded_name(model)
-    folder = EMBEDDED_SAES / (name or "")
-    if name is None or not folder.is_dir():
-        raise PrecomputeError(f"no SAEs ship with model {model!r} (they exist for "
-                              f"{sorted(p.name for p in EMBEDDED_SAES.iterdir() if p.is_dir() and not p.name.startswith('.'))}); "
-                              f"pass --sae, or train them with `saegeo train-saes --model {model}`")
-    shipped = sorted((p for p in folder.iterdir() if (p / "cfg.json").is_file()),
-                     key=lambda p: parse_hook(p.name)[0])
+    shipped = shipped_saes(model)
+    if not shipped:
+        have = sorted(p.name for p in EMBEDDED_SAES.iterdir() if shipped_saes(p.name)) if EMBEDDED_SAES.is_dir() else []
+        raise PrecomputeError(f"no SAEs ship with model {model!r} (they ship for {have}); pass --sae, or "
+                              f"train them with `saegeo train-saes --model {model}`")
     out = []
     for spec in specs:
         out += [str(p) for p in shipped] if spec == "embedded" else [spec]
@@ -607,7 +604,7 @@ def _geometry(cfg: PrecomputeConfig, out: Path) -> None:
     t = time.time()
     work = cfg.work_dir()   # only the progress note lives here during this stage
     work.mkdir(parents=True, exist_ok=True)
-    _progress(work, out.name, "geometry (lobes, spectra, crystals, layouts)")
+    _progress(work, cfg.model, "geometry (lobes, spectra, crystals, layouts)")
     try:
         run_geometry(out, GeometryConfig(**cfg.geometry_config), progress=cfg.progress)
         shutil.rmtree(work, ignore_errors=True)

@@ -44,6 +44,15 @@ EMBEDDED_SAES = Path(__file__).resolve().parent / "embedded_saes"
 DEFAULT_LAYERS = {"smollm2": [8, 15, 20], "gemma3-270m": [5, 9, 12]}
 
 
+def shipped_saes(model: str) -> list[Path]:
+    """Folders of the SAEs shipped with embedded model ``model``, shallowest layer first."""
+    folder = EMBEDDED_SAES / (embedded_name(model) or model)
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if (p / "cfg.json").is_file() and (p / "training.json").is_file()),
+                  key=lambda p: int(p.name.split(".")[1]))
+
+
 class TrainSAEsConfig(BaseModel):
     """How the embedded SAEs are trained (serialised into each SAE's ``training.json``)."""
 
