@@ -66,13 +66,19 @@ def test_tiny_word_pairs_are_hidden_states_of_the_last_token(tiny):
     atlas = open_atlas(tiny)
     pairs = atlas.table("wordpairs/pairs.parquet")
     assert list(pairs.columns) == ["task", "input", "output", "input_last_token", "output_last_token"]
-    lm = load_model("smollm2", device="cpu")
+    assert atlas.manifest.model.dtype in ("bfloat16", "float32")
+    lm = load_model("smollm2", device="cpu", dtype=atlas.manifest.model.dtype)
     h_in = np.asarray(atlas.array("layers/5/word_h_in.npy"))
     assert h_in.shape == (len(pairs), 576)
     word = pairs["input"].iloc[3]
     ids = torch.tensor([[lm.bos_token_id] + lm.tokenize(word)])
-    h = lm.capture(ids, [hook_name(5)])[hook_name(5)][0, -1].numpy()
-    np.testing.assert_allclose(h_in[3], h, rtol=1e-4, atol=1e-4)
+    h = lm.capture(ids, [hook_name(5)])[hook_name(5)][0, -1].float().numpy()
+    # the pipeline ran 64 words per padded batch: in bfloat16 the batched and single-sequence
+    # products round differently, so compare directions and norms, not bits
+    cos = float(h_in[3] @ h / (np.linalg.norm(h_in[3]) * np.linalg.norm(h)))
+    assert cos > 0.999 and np.linalg.norm(h_in[3]) == pytest.approx(np.linalg.norm(h), rel=1e-2)
+    other = np.asarray(atlas.array("layers/5/word_h_in.npy"))[4]
+    assert float(other @ h / (np.linalg.norm(other) * np.linalg.norm(h))) < cos
     assert pairs["input_last_token"].iloc[3] == lm.tokenizer.decode(lm.tokenize(word)[-1:])
 
 
