@@ -5,7 +5,7 @@
 
 ``compute_layer`` does one layer on arrays in memory (the synthetic generator and tests call
 it); ``run_geometry`` reads every layer of an atlas, computes, aligns layouts across layers
-(analysis.layout) and writes everything through one atomic ``AtlasWriter.update``.
+(analysis.layout) and writes each layer through its own atomic ``AtlasWriter.update``.
 Parts whose inputs a layer lacks are skipped and listed in ``LayerInfo.computed`` as
 ``"skipped:<part> (<reason>)"``; parts done are listed by name.
 """
@@ -238,25 +238,45 @@ def _layer_inputs(atlas, L: int) -> dict:
     return out
 
 
-def run_geometry(atlas_path, config: GeometryConfig | None = None, progress: bool = False) -> None:
+def run_geometry(atlas_path, config: GeometryConfig | None = None, progress: bool = False,
+                 on_layer=None) -> None:
     """Compute every derived file for every layer with a ``decoder.npy`` and write them.
 
     Layers are processed in ascending order so each layout is aligned to the previous
-    layer's. The config is stored in ``manifest.configs["geometry"]``.
+    layer's. Each layer is written as soon as it is done (one atomic ``AtlasWriter.update``
+    per layer), so an explorer serving the atlas shows the layers' lobes one by one, and an
+    interrupted run resumes at the first layer not yet done with the same config. The config
+    is stored in ``manifest.configs["geometry"]``. ``on_layer(layer, i, n)`` is called before
+    each layer is computed (progress reporting).
     """
     from analysis.atlas import AtlasWriter, open_atlas
 
     config = config or GeometryConfig()
+    wanted = config.model_dump(mode="json")
     atlas = open_atlas(atlas_path)
     layers = sorted(L for L in atlas.layer_ids if atlas.has(f"layers/{L}/decoder.npy")
                     and (config.layers is None or L in config.layers))
-    with AtlasWriter.update(atlas_path) as w:
-        previous = None
-        for L in layers:
-            if progress:
-                print(f"geometry: layer {L}", flush=True)
-            W = np.asarray(atlas.array(f"layers/{L}/decoder.npy"))
-            files, computed = compute_layer(W, config, previous=previous, **_layer_inputs(atlas, L))
+    if atlas.manifest.configs.get("geometry") != wanted:
+        # other settings: nothing done so far counts, and a run interrupted from here on
+        # must not take layers done with the old settings for done with the new ones
+        with AtlasWriter.update(atlas_path) as w:
+            for info in w.manifest.layers:
+                info.computed = [c for c in info.computed if c != "geometry"]
+            w.manifest.configs["geometry"] = wanted
+        atlas = open_atlas(atlas_path, verify="size")
+    previous = None
+    for i, L in enumerate(layers):
+        W = np.asarray(atlas.array(f"layers/{L}/decoder.npy"))
+        if "geometry" in atlas.manifest.layer(L).computed:
+            previous = (W, {name: np.asarray(atlas.array(f"layers/{L}/{name}"))
+                            for name in ("coords_pca.npy", "coords_umap.npy") if atlas.has(f"layers/{L}/{name}")})
+            continue
+        if progress:
+            print(f"geometry: layer {L}", flush=True)
+        if on_layer is not None:
+            on_layer(L, i, len(layers))
+        files, computed = compute_layer(W, config, previous=previous, **_layer_inputs(atlas, L))
+        with AtlasWriter.update(atlas_path) as w:
             for name, value in files.items():
                 w.put(f"layers/{L}/{name}", value)
             info = w.manifest.layer(L)
@@ -264,5 +284,5 @@ def run_geometry(atlas_path, config: GeometryConfig | None = None, progress: boo
                              if c not in PARTS and c != "umap" and not c.startswith("skipped:")
                              and c != "geometry"]
             info.computed += ["geometry", *computed]
-            previous = (W, {k: v for k, v in files.items() if k.startswith("coords_")})
-        w.manifest.configs["geometry"] = config.model_dump(mode="json")
+        atlas = open_atlas(atlas_path, verify="size")
+        previous = (W, {k: v for k, v in files.items() if k.startswith("coords_")})

@@ -198,15 +198,20 @@ DEMO_MODELS = (("demo", "smollm2"), ("demo-gemma", "gemma3-270m"))
 def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")] = DEFAULT_HOME,
          host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
          port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8050):
-    """Build the demo atlases of the two embedded models on first run, then serve the explorer.
+    """Serve the explorer at once and build the demo atlases of the two embedded models behind it.
 
-    SmolLM2's atlas is built first and the explorer starts as soon as it is complete; Gemma 3
-    270M's is built in a background process meanwhile (at low priority, its progress in this
-    terminal) and appears in the explorer's atlas list when done. Interrupted builds continue
-    where they stopped on the next run.
+    The explorer runs in a process of its own from the start and shows what is being built.
+    SmolLM2's atlas appears as soon as its statistics are written, its lobes and layouts
+    layer by layer as the geometry stage finishes them; Gemma 3 270M's atlas follows. Builds
+    run at lower CPU priority than the explorer; an interrupted build continues where it
+    stopped on the next run.
     """
+    import subprocess
+    import time
+
     from analysis.atlas import validate as check
 
+    atlas_dir.mkdir(parents=True, exist_ok=True)
     try:
         from precompute.pipeline import PrecomputeConfig, PrecomputeError, geometry_done, run_precompute
         from precompute.train_saes import shipped_saes
@@ -216,42 +221,42 @@ def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")
         serve(atlas_dir=atlas_dir, host=host, port=port, synthetic=False)
         return
 
-    def pending(name: str) -> bool:
-        target = atlas_dir / name
-        return bool(check(target, verify="size")) or not geometry_done(target)
-
-    (first, first_model), rest = DEMO_MODELS[0], DEMO_MODELS[1:]
-    if pending(first):
-        typer.echo(f"building the demo atlas of the embedded {first_model} in {atlas_dir / first} (first run "
-                   f"only; an interrupted build continues where it stopped) ...")
-        try:
-            run_precompute(PrecomputeConfig(profile="demo", model=first_model, out=atlas_dir / first, resume=True))
-        except PrecomputeError as e:
-            _fail(f"{e} (delete {atlas_dir / first} to rebuild it from scratch)")
-    children = []
-    for name, model in rest:
-        if not shipped_saes(model):
-            typer.echo(f"no SAEs ship with {model} yet, so its demo atlas is not built: train them with "
-                       f"`saegeo train-saes --model {model}` (resumable), then run the demo again", err=True)
-        elif pending(name):
-            typer.echo(f"building the demo atlas of {model} in {atlas_dir / name} in the background; "
-                       f"it joins the atlas list when done (reload the page)")
-            children.append(_background_build(model, atlas_dir / name))
+    # A fresh process serves: it holds only what the explorer reads, not the model and the
+    # statistics of the builds below.
+    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--atlas-dir", str(atlas_dir),
+                               "--host", host, "--port", str(port)])
+    time.sleep(1.0)
+    if server.poll() is not None:
+        _fail(f"the explorer could not start on {host}:{port} (is the port in use? try --port)")
     try:
-        serve(atlas_dir=atlas_dir, host=host, port=port, synthetic=False)
+        os.nice(5)   # the builds yield to the explorer's requests
+    except (AttributeError, OSError):
+        pass
+    try:
+        for name, model in DEMO_MODELS:
+            target = atlas_dir / name
+            if not shipped_saes(model):
+                typer.echo(f"no SAEs ship with {model} yet, so its demo atlas is not built: train them with "
+                           f"`saegeo train-saes --model {model}` (resumable), then run the demo again", err=True)
+                continue
+            if not check(target, verify="size") and geometry_done(target):
+                continue
+            typer.echo(f"building the demo atlas of {model} in {target} (first run only; the explorer shows "
+                       f"its progress and opens it when ready)")
+            try:
+                run_precompute(PrecomputeConfig(profile="demo", model=model, out=target, resume=True))
+            except PrecomputeError as e:
+                typer.secho(f"error: {e} (delete {target} to rebuild it from scratch)", fg=typer.colors.RED, err=True)
+        typer.echo("demo atlases ready; the explorer keeps running (Ctrl-C to stop)")
+        server.wait()
+    except KeyboardInterrupt:
+        typer.echo("stopped; an unfinished build continues where it stopped on the next `saegeo demo`", err=True)
     finally:
-        for child in children:   # resumable: the next `saegeo demo` continues it
-            child.terminate()
-
-
-def _background_build(model: str, out: Path):
-    """``saegeo precompute --profile demo`` in a child process at low CPU priority, so the
-    explorer stays responsive while it runs on the same cores."""
-    import subprocess
-
-    cmd = [sys.executable, "-m", "app.cli", "precompute", "--profile", "demo", "--model", model,
-           "--out", str(out), "--resume"]
-    return subprocess.Popen(cmd, preexec_fn=lambda: os.nice(10) if hasattr(os, "nice") else None)
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def main() -> None:

@@ -605,9 +605,13 @@ def _geometry(cfg: PrecomputeConfig, out: Path) -> None:
     t = time.time()
     work = cfg.work_dir()   # only the progress note lives here during this stage
     work.mkdir(parents=True, exist_ok=True)
+
+    def on_layer(layer: int, i: int, n: int) -> None:
+        _progress(work, cfg.model, f"geometry of layer {layer} (lobes, spectra, crystals, layouts)", i, n)
+
     _progress(work, cfg.model, "geometry (lobes, spectra, crystals, layouts)")
     try:
-        run_geometry(out, GeometryConfig(**cfg.geometry_config), progress=cfg.progress)
+        run_geometry(out, GeometryConfig(**cfg.geometry_config), progress=cfg.progress, on_layer=on_layer)
         shutil.rmtree(work, ignore_errors=True)
     except Exception as e:
         raise PrecomputeError(f"the raw statistics are in {out}, but the geometry stage failed: "

@@ -113,3 +113,36 @@ def test_report_numbers_tables_and_figures(atlas, tmp_path):
     names = {p.name for p in paths}
     assert {"spectra.png", "alpha_vs_layer.png", "ami_vs_k_layer0.png"} <= names
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_interrupted_geometry_resumes_at_the_first_layer_not_done(atlas, tmp_path):
+    """Each layer is written when done: a run stopped during layer 1 keeps layer 0, the rerun
+    computes layer 1 only, and the result equals the uninterrupted run's."""
+    path = tmp_path / "syn"
+    make_synthetic_atlas(path, n_features=400, d_model=48, layers=(0, 1), n_lobes=4, n_blocks=800,
+                         alphas=(0.3, 0.5), seed=1, geometry=False)
+
+    def stop_at_layer_1(layer, i, n):
+        if layer == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        stage.run_geometry(path, stage.GeometryConfig(**FAST), on_layer=stop_at_layer_1)
+    half = open_atlas(path)
+    assert "geometry" in half.manifest.layer(0).computed and "geometry" not in half.manifest.layer(1).computed
+    assert half.has("layers/0/lobes_phi.npy") and not half.has("layers/1/lobes_phi.npy")
+
+    seen = []
+    stage.run_geometry(path, stage.GeometryConfig(**FAST), on_layer=lambda L, i, n: seen.append((L, i, n)))
+    assert seen == [(1, 1, 2)]
+    done = open_atlas(path)
+    for L in (0, 1):
+        for name in ("lobes_phi.npy", "coords_pca.npy", "coords_umap.npy", "neighbors.npy", "spectrum.npy"):
+            np.testing.assert_array_equal(done.array(f"layers/{L}/{name}"), atlas.array(f"layers/{L}/{name}"))
+        assert done.json(f"layers/{L}/brain.json") == atlas.json(f"layers/{L}/brain.json")
+
+    # other settings: every layer is computed again
+    seen.clear()
+    stage.run_geometry(path, stage.GeometryConfig(**{**FAST, "ks": [2, 4]}), on_layer=lambda L, i, n: seen.append(L))
+    assert seen == [0, 1]
+    assert open_atlas(path).array("layers/0/lobes_phi.npy").shape == (2, 400)
