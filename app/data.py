@@ -8,7 +8,11 @@ dropped when the atlas's manifest changes on disk (an atlas is replaced by renam
 directory into place, see analysis/atlas.py).
 
 Derived files may be missing (an atlas with raw statistics only): every accessor returns
-``None`` or computes a cheap stand-in (neighbours from the decoder), never raises for that.
+``None`` or computes a cheap stand-in (neighbors from the decoder), never raises for that.
+
+The store raises three errors, which the HTTP layer maps to status codes in one place
+(app/api/errors.py): ``UnknownAtlas`` and ``UnknownItem`` (404), ``BadParameter`` (422) and
+``analysis.atlas.AtlasError`` for an atlas that fails validation (503).
 """
 from __future__ import annotations
 
@@ -18,14 +22,16 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from analysis.atlas import Atlas, AtlasError, list_atlases, open_atlas
 
-AFFINITIES = ("phi", "simple_matching", "jaccard", "dice", "overlap", "geometry")
-LAYOUTS = ("pca", "umap")
+Affinity = Literal["phi", "simple_matching", "jaccard", "dice", "overlap", "geometry"]
+Layout = Literal["pca", "umap"]
+AFFINITIES: tuple[str, ...] = get_args(Affinity)
+LAYOUTS: tuple[str, ...] = get_args(Layout)
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 
 
@@ -35,6 +41,10 @@ class UnknownAtlas(KeyError):
 
 class UnknownItem(KeyError):
     """A layer, feature or file that the atlas does not hold."""
+
+
+class BadParameter(ValueError):
+    """A malformed value in a request (an id range, a lobe, a colouring); the message says why."""
 
 
 def valid_name(name: str) -> bool:
@@ -270,8 +280,8 @@ class AtlasStore:
 
         return self.memo(name, ("top-tokens", layer, n), compute)
 
-    def neighbours(self, name: str, layer: int, feature: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k decoder-cosine neighbours (self excluded) and their cosines."""
+    def neighbors(self, name: str, layer: int, feature: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k decoder-cosine neighbors (self excluded) and their cosines."""
         atlas = self.layer(name, layer)
         rel, rel_cos = f"layers/{layer}/neighbors.npy", f"layers/{layer}/neighbors_cos.npy"
         if atlas.has(rel) and atlas.has(rel_cos):

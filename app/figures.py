@@ -135,19 +135,9 @@ def negentropy(store: AtlasStore, st: ViewState) -> go.Figure | None:
                       "negentropy (nats)")
 
 
-def lobe_choice(st: ViewState) -> tuple[str, int] | None:
-    """(affinity, k) of a lobe or geometry colouring; None for the others."""
-    kind, *rest = st.color.split(":")
-    if kind == "lobe" and len(rest) == 2:
-        return rest[0], int(rest[1])
-    if kind == "geometry" and rest:
-        return "geometry", int(rest[0])
-    return None
-
-
 def lobe_subsets(store: AtlasStore, st: ViewState) -> go.Figure | None:
     """Heat map lobe x corpus subset: share of each lobe's blocks won in each subset."""
-    choice = lobe_choice(st)
+    choice = st.coloring.lobes
     t = store.table(st.atlas, st.layer, "lobe_subsets.parquet")
     if choice is None or t is None:
         return None
@@ -239,10 +229,10 @@ def activations(store: AtlasStore, st: ViewState) -> go.Figure | None:
     """Activation histogram of the selected feature (log-spaced bins)."""
     a = store.layer(st.atlas, st.layer)
     p = f"layers/{st.layer}/"
-    if st.f is None or not (a.has(p + "act_hist.npy") and a.has(p + "act_hist_edges.npy")):
+    if st.feature is None or not (a.has(p + "act_hist.npy") and a.has(p + "act_hist_edges.npy")):
         return None
     e = np.asarray(a.array(p + "act_hist_edges.npy"), dtype=np.float64)
-    counts = np.asarray(a.array(p + "act_hist.npy")[st.f])
+    counts = np.asarray(a.array(p + "act_hist.npy")[st.feature])
     if not counts.sum():
         return None
     fig = go.Figure(go.Bar(x=np.sqrt(e[:-1] * np.maximum(e[1:], 1e-12)), y=counts, width=np.diff(e),

@@ -13,9 +13,10 @@ import argparse
 from pathlib import Path
 
 from a2wsgi import WSGIMiddleware
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 
-from app.api import Health, make_router
+from app import api
+from app.api import errors, health
 from app.data import AtlasStore
 from app.views.explorer import make_dash
 
@@ -23,7 +24,7 @@ from app.views.explorer import make_dash
 def create_app(atlas_dir: Path, banner: str | None = None, verify: str = "checksum") -> FastAPI:
     """The ASGI app serving the atlases in ``atlas_dir``; ``banner`` is shown atop the page."""
     store = AtlasStore(atlas_dir, verify=verify)
-    api = FastAPI(
+    app = FastAPI(
         title="saegeo",
         summary="JSON API of the saegeo atlas explorer",
         description="Read-only access to atlases of SAE feature geometry (see docs/atlas.md). "
@@ -31,22 +32,14 @@ def create_app(atlas_dir: Path, banner: str | None = None, verify: str = "checks
                     "that fails validation 503 with the validation message.",
         version="1",
     )
-    api.state.store = store
-
-    @api.get("/healthz", response_model=Health, tags=["server"], summary="Liveness check")
-    def healthz() -> Health:
-        return Health(status="ok", atlases=len(store.names()))
-
-    api.include_router(make_router(store))
-
-    @api.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
-    def no_such_route(rest: str):
-        # Without this, unknown /api/... paths would fall through to the page below.
-        raise HTTPException(404, detail=f"no API route /api/{rest[:100]}; see /docs")
+    app.state.store = store  # what the routes' Store dependency hands them (app/api/deps.py)
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(api.router)
     dash_app = make_dash(store, banner=banner, prefix="/")
     # Mounted last: the API routes above take precedence over the catch-all "/".
-    api.mount("/", WSGIMiddleware(dash_app.server))
-    return api
+    app.mount("/", WSGIMiddleware(dash_app.server))
+    return app
 
 
 def serve(atlas_dir: Path, host: str = "127.0.0.1", port: int = 8050, banner: str | None = None,

@@ -2,13 +2,14 @@
 
     ?atlas=demo&layer=10&layout=pca&color=lobe:phi:8&f=123
 
-Keys: ``atlas``, ``layer``, ``layout`` (pca | umap), ``color`` (``lobe:<affinity>:<k>``,
-``freq``, ``subset``, ``geometry:<k>``), ``size`` (``freq`` to size points by firing
-frequency), ``f`` (selected feature), ``face`` (crystal row drawn), ``q`` (minimum crystal
-edge cosine; absent = no crystal overlay), ``panel`` (the panel open below the cloud:
-``spectra``, the default and left out, ``lobes`` or ``crystals``), ``cam`` (camera eye ``x,y,z``),
-``ctr`` (camera centre ``x,y,z``; both in plotly's normalised scene coordinates, where the scene
-box spans its aspect ratio around 0).
+Keys (each the alias of a ``ViewState`` field): ``atlas``, ``layer``, ``layout`` (pca | umap),
+``color`` (``coloring``: ``lobe:<affinity>:<k>``, ``freq``, ``subset``, ``geometry:<k>``),
+``size`` (``size_by_freq``: ``freq`` to size points by firing frequency), ``f`` (``feature``,
+the selected one), ``face`` (crystal row drawn), ``q`` (``min_edge_cos`` of the crystal
+overlay; absent = no overlay), ``panel`` (the panel open below the cloud: ``spectra``, the
+default and left out, ``lobes`` or ``crystals``), ``cam`` (``eye``, the camera eye ``x,y,z``),
+``ctr`` (``center``, the camera centre ``x,y,z``; both in plotly's normalised scene
+coordinates, where the scene box spans its aspect ratio around 0).
 
 Parsing never fails: ``parse_query`` keeps every well-formed value and reports the others
 as readable problems; ``resolve`` then moves a parsed state to the nearest view that the
@@ -18,30 +19,96 @@ in range) and reports each change. The problems are shown to the user as plain t
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Literal, get_args
 from urllib.parse import parse_qsl, urlencode
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-from app.data import AFFINITIES, AtlasStore, UnknownAtlas, UnknownItem, valid_name
+from app.data import AFFINITIES, AtlasStore, Layout, UnknownAtlas, UnknownItem, valid_name
 from analysis.atlas import AtlasError
 
 _MAX_QUERY = 2000
-PANELS = ("spectra", "lobes", "crystals")
+Panel = Literal["spectra", "lobes", "crystals"]
+PANELS: tuple[str, ...] = get_args(Panel)
+ColoringKind = Literal["lobe", "geometry", "freq", "subset"]
+COLORING_HINT = "use lobe:<affinity>:<k>, freq, subset or geometry:<k>"
+_COLORING = re.compile(r"(lobe(?::(" + "|".join(AFFINITIES) + r")(?::(\d{1,5}))?)?|freq|subset|geometry(?::(\d{1,5}))?)")
+
+
+class Coloring(BaseModel):
+    """What colours the cloud, written ``lobe:phi:8``, ``geometry:4``, ``freq`` or ``subset``.
+
+    A lobe colouring without its affinity or k, or a geometry one without k, asks for the
+    layer's default; ``resolve_coloring`` fills them in. In a model or JSON it travels as that
+    text, so a ``ViewState`` dump stays a flat dict of plain values.
+    """
+    model_config = ConfigDict(frozen=True)
+
+    kind: ColoringKind = "lobe"
+    affinity: str | None = None  # lobe colourings only
+    k: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Coloring:
+        """The colouring ``text`` names; ValueError (with a hint) when it names none."""
+        return cls(**_coloring_parts(text))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value):
+        return _coloring_parts(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> Coloring:
+        if (self.affinity is not None and self.kind != "lobe") or (self.kind == "lobe" and self.k is not None
+                                                                 and self.affinity is None) \
+                or (self.kind in ("freq", "subset") and self.k is not None):
+            raise ValueError(f"{self.kind} colouring with affinity={self.affinity}, k={self.k}: {COLORING_HINT}")
+        return self
+
+    @model_serializer
+    def _as_text(self) -> str:
+        return str(self)
+
+    def __str__(self) -> str:
+        return ":".join([self.kind] + [str(p) for p in (self.affinity, self.k) if p is not None])
+
+    @property
+    def lobes(self) -> tuple[str, int] | None:
+        """``(affinity, k)`` of the lobe labels shown (geometry clusters are affinity
+        ``geometry``); None for frequency, subset and not yet resolved colourings."""
+        if self.kind == "lobe" and self.affinity is not None and self.k is not None:
+            return self.affinity, self.k
+        if self.kind == "geometry" and self.k is not None:
+            return "geometry", self.k
+        return None
+
+
+def _coloring_parts(text: str) -> dict:
+    m = _COLORING.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(COLORING_HINT)
+    kind = text.split(":", 1)[0]
+    k = m[3] if kind == "lobe" else m[4]
+    return {"kind": kind, "affinity": m[2], "k": None if k is None else int(k)}
 
 
 class ViewState(BaseModel):
+    """One view of the explorer. Fields are named for what they hold; the permalink's short
+    keys are their aliases, and either spelling is accepted when building one."""
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
+
     atlas: str | None = None
     layer: int | None = None
-    layout: Literal["pca", "umap"] = "pca"
-    color: str = "lobe"  # "lobe" alone = the atlas's default affinity and k
-    size: bool = False
-    f: int | None = None
+    layout: Layout = "pca"
+    coloring: Coloring = Field(Coloring(), alias="color")  # bare "lobe": the layer's default lobes
+    size_by_freq: bool = Field(False, alias="size")
+    feature: int | None = Field(None, alias="f")
     face: int | None = None
-    q: float | None = None
-    panel: Literal["spectra", "lobes", "crystals"] = "spectra"
-    cam: tuple[float, float, float] | None = None
-    ctr: tuple[float, float, float] | None = None
+    min_edge_cos: float | None = Field(None, alias="q")
+    panel: Panel = "spectra"
+    eye: tuple[float, float, float] | None = Field(None, alias="cam")
+    center: tuple[float, float, float] | None = Field(None, alias="ctr")
 
     def to_query(self) -> str:
         """A short, readable query string (with leading ``?``); default values are left out."""
@@ -51,25 +118,27 @@ class ViewState(BaseModel):
         if self.layer is not None:
             items.append(("layer", str(self.layer)))
         items.append(("layout", self.layout))
-        items.append(("color", self.color))
-        if self.size:
+        items.append(("color", str(self.coloring)))
+        if self.size_by_freq:
             items.append(("size", "freq"))
-        if self.f is not None:
-            items.append(("f", str(self.f)))
-        if self.q is not None:
-            items.append(("q", _num(self.q, 3)))  # 3 decimals: candidate qualities crowd near 1
+        if self.feature is not None:
+            items.append(("f", str(self.feature)))
+        if self.min_edge_cos is not None:
+            items.append(("q", _num(self.min_edge_cos, 3)))  # 3 decimals: candidate qualities crowd near 1
         if self.face is not None:
             items.append(("face", str(self.face)))
         if self.panel != "spectra":
             items.append(("panel", self.panel))
-        if self.cam is not None:
-            items.append(("cam", ",".join(_num(v) for v in self.cam)))
-        if self.ctr is not None:
-            items.append(("ctr", ",".join(_num(v, 3) for v in self.ctr)))
+        if self.eye is not None:
+            items.append(("cam", ",".join(_num(v) for v in self.eye)))
+        if self.center is not None:
+            items.append(("ctr", ",".join(_num(v, 3) for v in self.center)))
         return "?" + urlencode(items, safe=":,")
 
-    def with_(self, **changes) -> "ViewState":
-        return self.model_copy(update=changes)
+    def with_(self, **changes) -> ViewState:
+        """A copy with ``changes`` (field names or aliases), validated like a new state."""
+        # model_copy(update=...) would skip validation and keep e.g. a colouring as raw text
+        return ViewState.model_validate({**self.model_dump(), **changes})
 
 
 def _num(v: float, digits: int = 2) -> str:
@@ -81,9 +150,6 @@ def _short(v: str) -> str:
     return repr(v if len(v) <= 40 else v[:40] + "...")
 
 
-_COLOR = re.compile(r"^(lobe(:(" + "|".join(AFFINITIES) + r")(:\d{1,5})?)?|freq|subset|geometry(:\d{1,5})?)$")
-
-
 def parse_query(search: str | None) -> tuple[ViewState, list[str]]:
     """Parse ``?a=b&...`` tolerantly; returns the state and one message per dropped value."""
     problems: list[str] = []
@@ -91,7 +157,7 @@ def parse_query(search: str | None) -> tuple[ViewState, list[str]]:
     if len(search) > _MAX_QUERY:
         return ViewState(), ["the link is too long; opened the default view"]
     raw = dict(parse_qsl(search, keep_blank_values=True))
-    s: dict = {}
+    s: dict = {}  # keyed by the permalink's keys, the aliases
 
     def bad(key, why):
         problems.append(f"ignored {key}={_short(raw[key])}: {why}")
@@ -113,10 +179,10 @@ def parse_query(search: str | None) -> tuple[ViewState, list[str]]:
         else:
             bad("layout", "use pca or umap")
     if "color" in raw:
-        if _COLOR.match(raw["color"]):
-            s["color"] = raw["color"]
-        else:
-            bad("color", "use lobe:<affinity>:<k>, freq, subset or geometry:<k>")
+        try:
+            s["color"] = Coloring.parse(raw["color"])
+        except ValueError as e:
+            bad("color", str(e))
     if "size" in raw:
         if raw["size"] in ("freq", "1", "true"):
             s["size"] = True
@@ -186,15 +252,15 @@ def resolve(state: ViewState, store: AtlasStore) -> tuple[ViewState, list[str]]:
         notes.append(f"layout {st.layout} is not computed for layer {layer}; showing {layouts[0]}")
         st = st.with_(layout=layouts[0])
 
-    color, why = resolve_color(st.color, store, atlas, layer)
+    coloring, why = resolve_coloring(st.coloring, store, atlas, layer)
     if why:
         notes.append(why)
-    st = st.with_(color=color)
+    st = st.with_(coloring=coloring)
 
     n = store.n_features(atlas, layer)
-    if st.f is not None and not 0 <= st.f < n:
-        notes.append(f"feature {st.f} is not in layer {layer} (0..{n - 1}); nothing selected")
-        st = st.with_(f=None)
+    if st.feature is not None and not 0 <= st.feature < n:
+        notes.append(f"feature {st.feature} is not in layer {layer} (0..{n - 1}); nothing selected")
+        st = st.with_(feature=None)
     if st.face is not None:
         tab = store.crystals(atlas, layer)
         if tab is None or not 0 <= st.face < len(tab):
@@ -203,51 +269,51 @@ def resolve(state: ViewState, store: AtlasStore) -> tuple[ViewState, list[str]]:
     return st, notes
 
 
-def resolve_color(color: str, store: AtlasStore, atlas: str, layer: int) -> tuple[str, str | None]:
-    """A colouring the layer can show: ``(color, note or None)``."""
+def resolve_coloring(coloring: Coloring, store: AtlasStore, atlas: str, layer: int) -> tuple[Coloring, str | None]:
+    """A colouring the layer can show, complete with its affinity and k: ``(coloring, note or None)``."""
     try:
         opts = store.lobe_options(atlas, layer)
         has_subset = store.subset_argmax(atlas, layer) is not None
         has_freq = store.frequency(atlas, layer) is not None
     except (UnknownAtlas, UnknownItem):
-        return "freq", None
+        return Coloring(kind="freq"), None
     cooc = {a: ks for a, ks in opts.items() if a != "geometry"}
 
-    def default():
+    def middle(ks: list[int]) -> int:
+        return ks[min(len(ks) - 1, len(ks) // 2)]
+
+    def nearest(ks: list[int], k: int) -> int:
+        return min(ks, key=lambda x: (abs(x - k), x))
+
+    def default() -> Coloring:
         if cooc:
             aff = "phi" if "phi" in cooc else next(iter(cooc))
             ks = cooc[aff]
-            k = 8 if 8 in ks else ks[min(len(ks) - 1, len(ks) // 2)]
-            return f"lobe:{aff}:{k}"
-        return "freq" if has_freq else ("subset" if has_subset else "freq")
+            return Coloring(kind="lobe", affinity=aff, k=8 if 8 in ks else middle(ks))
+        return Coloring(kind="freq" if has_freq or not has_subset else "subset")
 
-    parts = color.split(":")
-    kind = parts[0]
-    if kind == "freq" and has_freq:
-        return color, None
-    if kind == "subset" and has_subset:
-        return color, None
-    if kind == "lobe" and cooc:
-        if len(parts) == 1:
+    c = coloring
+    if (c.kind == "freq" and has_freq) or (c.kind == "subset" and has_subset):
+        return c, None
+    if c.kind == "lobe" and cooc:
+        if c.affinity is None:
             return default(), None
-        aff = parts[1]
-        if aff in cooc:
-            if len(parts) == 2:
-                ks = cooc[aff]
-                return f"lobe:{aff}:{ks[min(len(ks) - 1, len(ks) // 2)]}", None
-            k = int(parts[2])
-            if k in cooc[aff]:
-                return color, None
-            near = min(cooc[aff], key=lambda x: (abs(x - k), x))
-            return f"lobe:{aff}:{near}", f"{aff} lobes with k={k} are not computed; showing k={near}"
-    if kind == "geometry" and "geometry" in opts:
+        if c.affinity in cooc:
+            ks = cooc[c.affinity]
+            if c.k is None:
+                return c.model_copy(update={"k": middle(ks)}), None
+            if c.k in ks:
+                return c, None
+            near = nearest(ks, c.k)
+            return (c.model_copy(update={"k": near}),
+                    f"{c.affinity} lobes with k={c.k} are not computed; showing k={near}")
+    if c.kind == "geometry" and "geometry" in opts:
         ks = opts["geometry"]
-        if len(parts) == 1:
-            return f"geometry:{ks[min(len(ks) - 1, len(ks) // 2)]}", None
-        k = int(parts[1])
-        if k in ks:
-            return color, None
-        near = min(ks, key=lambda x: (abs(x - k), x))
-        return f"geometry:{near}", f"geometry clusters with k={k} are not computed; showing k={near}"
+        if c.k is None:
+            return Coloring(kind="geometry", k=middle(ks)), None
+        if c.k in ks:
+            return c, None
+        near = nearest(ks, c.k)
+        return Coloring(kind="geometry", k=near), f"geometry clusters with k={c.k} are not computed; showing k={near}"
     d = default()
-    return d, f"colouring {_short(color)} is not available for layer {layer}; colouring by {d}"
+    return d, f"colouring {_short(str(c))} is not available for layer {layer}; colouring by {d}"

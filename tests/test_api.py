@@ -78,9 +78,9 @@ def check_contract(c):
 
     r = c.get("/api/atlases/syn/layers/1/features/42")
     card = r.json()
-    assert r.status_code == 200 and card["feature"] == 42 and len(card["neighbours"]) == 10
-    cos = [n["cos"] for n in card["neighbours"]]
-    assert cos == sorted(cos, reverse=True) and 42 not in [n["feature"] for n in card["neighbours"]]
+    assert r.status_code == 200 and card["feature"] == 42 and len(card["neighbors"]) == 10
+    cos = [n["cos"] for n in card["neighbors"]]
+    assert cos == sorted(cos, reverse=True) and 42 not in [n["feature"] for n in card["neighbors"]]
     assert len(card["contexts"]) == 3 and card["contexts"][0]["tokens"][card["contexts"][0]["peak"]]
     assert card["top_tokens"][0]["count"] >= card["top_tokens"][-1]["count"]
     assert card["neuronpedia"] is None and card["act_hist"] is not None
@@ -106,8 +106,8 @@ def test_numbers_match_the_atlas(client, root):
     cos = U @ U[7]
     cos[7] = -2
     card = client.get("/api/atlases/syn/layers/2/features/7").json()
-    assert [n["feature"] for n in card["neighbours"]] == list(np.argsort(-cos)[:10])
-    assert card["neighbours"][0]["cos"] == pytest.approx(cos.max(), abs=1e-4)
+    assert [n["feature"] for n in card["neighbors"]] == list(np.argsort(-cos)[:10])
+    assert card["neighbors"][0]["cos"] == pytest.approx(cos.max(), abs=1e-4)
     fc = np.asarray(atlas.array("layers/2/fire_count.npy"))
     assert card["fire_count"] == fc[7] and card["frequency"] == pytest.approx(fc[7] / atlas.manifest.layer(2).n_tokens)
     xyz = np.asarray(atlas.array("layers/2/coords_pca.npy"))
@@ -243,7 +243,7 @@ def test_the_geometry_stage_output_is_served(tmp_path):
 
     store = AtlasStore(tmp_path)
     st, notes = resolve(ViewState(atlas="staged", layer=0, layout="umap", f=5, q=0.5), store)
-    assert st.layout == "pca" and st.color == "lobe:phi:4" and len(notes) == 1
+    assert st.layout == "pca" and str(st.coloring) == "lobe:phi:4" and len(notes) == 1
     fig, legend = cloud.figure(store, st)
     assert len(fig.data) == 5 and len(legend) >= 4
     assert card.render(store, st)[0].children == "Feature 5"
@@ -387,3 +387,45 @@ def test_atom_summary(client, root):
     cos = [b["edge_cos"] for b in s["best"]]
     assert len(cos) == 5 and cos == sorted(cos, reverse=True) and cos[0] == pytest.approx(faces["edge_cos"].max())
     assert s["lda"]["dims"] == [2, 3] and s["distractor"]["pearson_r"] > 0.9  # the planted length distractor
+
+
+# --------------------------------------------------------------------------- the error handlers, over HTTP
+
+
+@pytest.mark.parametrize("url, status, needle", [
+    ("/api/atlases/nope/layers/0/features/1", 404, "no atlas named 'nope' (available: syn)"),
+    ("/api/atlases/nope/spectra", 404, "no atlas named 'nope'"),
+    ("/api/atlases/syn/layers/0/features/600", 404, "layer 0 of atlas 'syn' has features 0..599; there is no feature 600"),
+    ("/api/atlases/syn/layers/7/atom", 404, "atlas 'syn' has no layer 7 (layers: 0, 1, 2)"),
+    ("/api/atlases/syn/layers/1/points?layout=umap&k=3", 404, "no phi lobes with k=3 in layer 1 (computed: [2, 4])"),
+    ("/api/atlases/syn/layers/1/export?features=2-1", 422, "features: '2-1' is outside 0..599"),
+    ("/api/atlases/syn/layers/1/export?lobe=phi", 422, "lobe: 'phi' is not affinity:k:lobe"),
+    ("/api/atlases/syn/layers/1/figures/cloud.json?color=lobe:phi:3", 404, "color=lobe:phi:3: phi lobes with k=3 are not computed"),
+    ("/api/atlases/syn/layers/1/figures/cloud.json?color=rainbow", 422, "color: 'rainbow'; use lobe:<affinity>:<k>"),
+])
+def test_store_errors_become_status_codes_with_the_message(http, url, status, needle):
+    r = http.get(url)
+    assert r.status_code == status and r.headers["content-type"] == "application/json"
+    assert needle in r.json()["detail"] and isinstance(r.json()["detail"], str)
+
+
+def test_a_corrupted_atlas_is_503_over_http(two_atlases):
+    proc, base = start_server(two_atlases)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as c:
+            for url in ("/api/atlases/broken", "/api/atlases/broken/layers/0/features/1",
+                        "/api/atlases/broken/layers/0/figures/spectra.html"):
+                r = c.get(url)
+                assert r.status_code == 503, url
+                assert "fire_count.npy" in r.json()["detail"] and "Traceback" not in r.text
+            assert c.get("/api/atlases/good/layers/0/features/1").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_error_answers_are_documented(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    op = paths["/api/atlases/{atlas}/layers/{layer}/features/{feature}"]["get"]
+    assert {"404", "422", "503"} <= set(op["responses"])
+    assert op["responses"]["404"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorDetail")

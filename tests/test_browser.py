@@ -115,15 +115,15 @@ def test_cloud_click_card_and_permalink(server, browser, page):
     page.wait_for_function("() => new URLSearchParams(location.search).get('f') === '123'", timeout=15_000)
     assert card_feature(page) == 123
     api = httpx.get(f"{server}/api/atlases/syn/layers/1/features/123").json()
-    shown = [int(x.strip("#")) for x in page.locator("#card-neighbours a").all_text_contents()]
-    assert shown == [n["feature"] for n in api["neighbours"]]
+    shown = [int(x.strip("#")) for x in page.locator("#card-neighbors a").all_text_contents()]
+    assert shown == [n["feature"] for n in api["neighbors"]]
     assert page.locator("#card-contexts mark").count() == 3  # peak token highlighted in each context
-    # neighbour edges drawn: 10 segments of 3 vertices (the third a gap)
+    # neighbor edges drawn: 10 segments of 3 vertices (the third a gap)
     assert page.evaluate(f"() => {GD}._fullData[1].x.length") == 30
 
-    # a neighbour link is a permalink followed without reloading the page
+    # a neighbor link is a permalink followed without reloading the page
     page.evaluate("() => { window.__same_page = true; }")
-    page.click("#card-neighbours li:nth-child(2) a")
+    page.click("#card-neighbors li:nth-child(2) a")
     second = shown[1]
     page.wait_for_function(f"() => new URLSearchParams(location.search).get('f') === '{second}'", timeout=15_000)
     page.wait_for_function(f"() => document.querySelector('#card-title').textContent === 'Feature {second}'")
@@ -137,7 +137,7 @@ def test_cloud_click_card_and_permalink(server, browser, page):
         assert card_feature(fresh) == second
         assert query(fresh)["layer"] == "1" and query(fresh)["f"] == str(second)
         assert "layer 1" in fresh.text_content("#layer-dd")
-        assert fresh.evaluate(f"() => {GD}._fullData[2].x.length") == 11  # selected + 10 neighbours
+        assert fresh.evaluate(f"() => {GD}._fullData[2].x.length") == 11  # selected + 10 neighbors
     finally:
         fresh.close()
     assert page.errors == []

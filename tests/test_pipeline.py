@@ -175,7 +175,7 @@ def test_tiny_atlas_through_geometry_opens_in_the_explorer(tiny, tmp_path):
     assert len(pts["x"]) == 512
     f = int(np.argmax(np.asarray(atlas.array("layers/5/fire_count.npy"))))
     card = client.get(f"/api/atlases/tiny/layers/5/features/{f}").json()
-    assert card["feature"] == f and card["contexts"] and card["neighbours"]
+    assert card["feature"] == f and card["contexts"] and card["neighbors"]
     peak = card["contexts"][0]
     assert isinstance(peak["tokens"][peak["peak"]], str)
     assert client.get("/api/atlases/tiny/layers/5/features/512").status_code == 404

@@ -5,7 +5,7 @@ import pytest
 
 from _app_atlas import app_atlas_root
 from app.data import AtlasStore
-from app.state import ViewState, parse_query, resolve
+from app.state import Coloring, ViewState, parse_query, resolve
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_round_trip_is_short_and_readable():
 def test_malformed_values_are_dropped_with_a_message(query, key):
     st, problems = parse_query("?" + query)
     assert len(problems) == 1 and problems[0].startswith(f"ignored {key}=")
-    assert getattr(st, key) == ViewState().__getattribute__(key)
+    assert st == ViewState()
 
 
 def test_unknown_keys_and_huge_links_never_raise():
@@ -48,7 +48,7 @@ def test_unknown_keys_and_huge_links_never_raise():
 
 def test_markup_in_a_link_is_kept_as_inert_text():
     st, problems = parse_query("?color=<img src=x onerror=alert(1)>&atlas=<b>x</b>")
-    assert st.color == "lobe" and st.atlas is None
+    assert str(st.coloring) == "lobe" and st.atlas is None
     # the message quotes the value (repr) as text; the page renders it as text, never as markup
     assert any("'<img src=x onerror=alert(1)>'" in p for p in problems)
 
@@ -60,17 +60,17 @@ def test_resolve_keeps_a_valid_view(store):
 
 def test_resolve_moves_to_the_nearest_valid_view(store):
     st, notes = resolve(ViewState(atlas="nope", layer=7, color="lobe:phi:5", f=10_000, face=999), store)
-    assert (st.atlas, st.layer, st.color, st.f, st.face) == ("syn", 2, "lobe:phi:4", None, None)
+    assert (st.atlas, st.layer, str(st.coloring), st.feature, st.face) == ("syn", 2, "lobe:phi:4", None, None)
     text = " ".join(notes)
     for expected in ("no atlas 'nope'", "layer 7", "k=5", "feature 10000", "crystal face 999"):
         assert expected in text
     st, notes = resolve(ViewState(atlas="syn", layer=-3, color="geometry:3"), store)
-    assert (st.layer, st.color) == (0, "geometry:2") and len(notes) == 2
+    assert (st.layer, str(st.coloring)) == (0, "geometry:2") and len(notes) == 2
 
 
 def test_default_colouring_is_a_lobe_colouring(store):
     st, notes = resolve(ViewState(), store)
-    assert st.atlas == "syn" and st.layer == 0 and st.color == "lobe:phi:4" and notes == []
+    assert st.atlas == "syn" and st.layer == 0 and str(st.coloring) == "lobe:phi:4" and notes == []
 
 
 def test_camera_centre_round_trips_and_bad_ones_are_dropped():
@@ -80,4 +80,44 @@ def test_camera_centre_round_trips_and_bad_ones_are_dropped():
     assert parse_query(q) == (st, [])
     for bad in ("ctr=1,2", "ctr=nan,0,0", "ctr=x,y,z"):
         back, problems = parse_query("?" + bad)
-        assert back.ctr is None and len(problems) == 1 and problems[0].startswith("ignored ctr=")
+        assert back.center is None and len(problems) == 1 and problems[0].startswith("ignored ctr=")
+
+
+def test_short_keys_are_aliases_of_the_named_fields():
+    by_key = ViewState(atlas="a", layer=3, color="lobe:phi:8", size=True, f=7, face=2, q=0.9, cam=(1, 2, 3),
+                       ctr=(0.1, 0.2, 0.3))
+    by_name = ViewState(atlas="a", layer=3, coloring=Coloring(kind="lobe", affinity="phi", k=8), size_by_freq=True,
+                        feature=7, face=2, min_edge_cos=0.9, eye=(1, 2, 3), center=(0.1, 0.2, 0.3))
+    assert by_key == by_name and (by_name.feature, by_name.min_edge_cos, by_name.eye) == (7, 0.9, (1, 2, 3))
+    # the permalink keeps the short keys, and parses back to the same state
+    q = by_name.to_query()
+    assert q == "?atlas=a&layer=3&layout=pca&color=lobe:phi:8&size=freq&f=7&q=0.9&face=2&cam=1,2,3&ctr=0.1,0.2,0.3"
+    assert parse_query(q) == (by_name, [])
+    # the explorer stores a state as its dump (plain values) and reads it back
+    dump = by_name.model_dump()
+    assert dump["coloring"] == "lobe:phi:8" and dump["feature"] == 7
+    assert ViewState.model_validate(dump) == by_name
+    # a change may use either spelling, and is validated like a new state
+    assert by_name.with_(f=None) == by_name.with_(feature=None) and by_name.with_(f=None).feature is None
+    assert by_name.with_(color="geometry:4").coloring == Coloring(kind="geometry", k=4)
+    with pytest.raises(ValueError):
+        by_name.with_(coloring="rainbow")
+
+
+@pytest.mark.parametrize("text, kind, affinity, k, lobes", [
+    ("lobe", "lobe", None, None, None), ("lobe:jaccard", "lobe", "jaccard", None, None),
+    ("lobe:phi:8", "lobe", "phi", 8, ("phi", 8)), ("geometry", "geometry", None, None, None),
+    ("geometry:4", "geometry", None, 4, ("geometry", 4)), ("freq", "freq", None, None, None),
+    ("subset", "subset", None, None, None),
+])
+def test_a_colouring_is_parsed_once_into_its_parts(text, kind, affinity, k, lobes):
+    c = Coloring.parse(text)
+    assert (c.kind, c.affinity, c.k, c.lobes) == (kind, affinity, k, lobes) and str(c) == text
+    assert ViewState(color=text).coloring == c
+
+
+@pytest.mark.parametrize("text", ["rainbow", "lobe:cosine:4", "lobe:phi:x", "freq:3", "geometry:phi", "lobe:phi:8:1",
+                                  "freq\n", ""])
+def test_malformed_colourings_are_refused(text):
+    with pytest.raises(ValueError, match="use lobe:<affinity>:<k>"):
+        Coloring.parse(text)

@@ -11,8 +11,9 @@ import numpy as np
 import plotly.graph_objects as go
 from dash import dcc, html
 
-from app.api import FeatureCard, feature_card
 from app.data import AtlasStore
+from app.models import FeatureCard
+from app.queries.features import feature_card
 from app.state import ViewState
 
 
@@ -32,7 +33,7 @@ def face_item(st: ViewState, prefix: str, x, **face_state) -> html.Li:
         q += f", ratio {x.length_ratio:.2f}"
     ids = []
     for sep, v in (("", x.a), (" − ", x.b), (" ≈ ", x.c), (" − ", x.d)):
-        ids += [sep, link(st, prefix, f"#{v}", f=v)]
+        ids += [sep, link(st, prefix, f"#{v}", feature=v)]
     return html.Li([link(st, prefix, x.kind, "facelink", face=x.index, **face_state), ": "] + ids
                    + [html.Span(f"  ({q})", className="muted")])
 
@@ -58,10 +59,10 @@ def context_line(ctx) -> html.Div:
 
 
 def render(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
-    """Card components for ``st.f`` (a hint when nothing is selected)."""
-    if st.f is None:
+    """Card components for ``st.feature`` (a hint when nothing is selected)."""
+    if st.feature is None:
         return [html.P("Click a point to open its feature card.", className="hint")]
-    c = feature_card(store, st.atlas, st.layer, st.f)
+    c = feature_card(store, st.atlas, st.layer, st.feature)
     head = [html.H3(f"Feature {c.feature}", id="card-title"),
             html.Div(f"layer {c.layer} · atlas {c.atlas}", className="muted")]
     if c.frequency is not None:
@@ -77,15 +78,15 @@ def render(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
                                                   for t in c.top_tokens], className="chips")]
     if c.contexts:
         body += [html.H4("Top contexts"), html.Div([context_line(x) for x in c.contexts[:10]], id="card-contexts")]
-    body += [html.H4("Decoder-cosine neighbours"),
-             html.Ol([html.Li([link(st, prefix, f"#{n.feature}", f=n.feature), f"  cos {n.cos:.3f}"])
-                      for n in c.neighbours], id="card-neighbours", className="nlist")]
+    body += [html.H4("Decoder-cosine neighbors"),
+             html.Ol([html.Li([link(st, prefix, f"#{n.feature}", feature=n.feature), f"  cos {n.cos:.3f}"])
+                      for n in c.neighbors], id="card-neighbors", className="nlist")]
     if c.cooc_partners:
         body += [html.H4("Co-occurrence partners"),
-                 html.Ol([html.Li([link(st, prefix, f"#{p.feature}", f=p.feature),
+                 html.Ol([html.Li([link(st, prefix, f"#{p.feature}", feature=p.feature),
                                    f"  {p.blocks} blocks" + (f", phi {p.phi:.3f}" if p.phi is not None else "")])
                           for p in c.cooc_partners], className="nlist")]
     if c.crystals:
-        rows = [face_item(st, prefix, x, q=st.q) for x in c.crystals]
+        rows = [face_item(st, prefix, x, min_edge_cos=st.min_edge_cos) for x in c.crystals]
         body += [html.H4("Crystal partners"), html.Ul(rows, id="card-crystals", className="nlist")]
     return body

@@ -4,8 +4,8 @@ The figure always has the same five traces, so partial updates (dash ``Patch``) 
 them by index:
 
     0  every feature, in id order (point index = feature id; colour, size, hover text)
-    1  neighbour edges of the selected feature (lines)
-    2  the selected feature and its neighbours (large markers)
+    1  neighbor edges of the selected feature (lines)
+    2  the selected feature and its neighbors (large markers)
     3  crystal faces above the quality threshold (translucent Mesh3d)
     4  the crystal face picked from the card (opaque Mesh3d)
 
@@ -28,7 +28,7 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#bcbd22", "#7f7f7f", "#393b79", "#e7ba52", "#637939", "#ad494a", "#7b4173", "#3182bd"]
 DEAD = "#d0d0d0"
 MAX_FACES = 400
-N_NEIGHBOURS = 10
+N_NEIGHBORS = 10
 
 
 def typed(arr: np.ndarray) -> dict:
@@ -52,7 +52,7 @@ def colour_of(label: int) -> str:
 
 def colouring(store: AtlasStore, st: ViewState) -> dict:
     """Marker colour settings for trace 0 and the legend entries ``[(label, colour, name, n)]``."""
-    kind, *rest = st.color.split(":")
+    kind = st.coloring.kind
     if kind == "freq":
         fr = store.frequency(st.atlas, st.layer)
         logf = np.log10(np.maximum(fr[1], 1e-9)).astype(np.float32)
@@ -67,7 +67,7 @@ def colouring(store: AtlasStore, st: ViewState) -> dict:
         names = store.open(st.atlas).manifest.corpus.subsets
         legend_names = {i: n for i, n in enumerate(names)}
     else:
-        aff, k = (rest[0], int(rest[1])) if kind == "lobe" else ("geometry", int(rest[0]))
+        aff, k = st.coloring.lobes
         labels = store.lobes(st.atlas, st.layer, aff, k)
         legend_names = store.lobe_names(st.atlas, st.layer, aff, k)
     return _discrete(labels, legend_names)
@@ -88,7 +88,7 @@ def _discrete(labels: np.ndarray, names: dict[int, str]) -> dict:
 
 
 def sizes(store: AtlasStore, st: ViewState, n: int):
-    if not st.size or (fr := store.frequency(st.atlas, st.layer)) is None:
+    if not st.size_by_freq or (fr := store.frequency(st.atlas, st.layer)) is None:
         return 3.0
     logf = np.log10(np.maximum(fr[1], 1e-9))
     lo, hi = np.percentile(logf, [2, 98])
@@ -107,14 +107,14 @@ def hover_text(store: AtlasStore, st: ViewState, n: int) -> list[str]:
 
 def selection_traces(store: AtlasStore, st: ViewState, xyz: np.ndarray) -> tuple[dict, dict]:
     """(edges trace update, selected-markers trace update) for the selected feature."""
-    if st.f is None:
+    if st.feature is None:
         empty = typed(np.zeros(0, np.float32))
         return {"x": empty, "y": empty, "z": empty}, {"x": empty, "y": empty, "z": empty, "marker": {"size": 6}}
-    nb, _ = store.neighbours(st.atlas, st.layer, st.f, N_NEIGHBOURS)
+    nb, _ = store.neighbors(st.atlas, st.layer, st.feature, N_NEIGHBORS)
     seg = np.full((len(nb), 3, 3), np.nan, np.float32)
-    seg[:, 0], seg[:, 1] = xyz[st.f], xyz[nb]
+    seg[:, 0], seg[:, 1] = xyz[st.feature], xyz[nb]
     seg = seg.reshape(-1, 3)
-    pts = np.concatenate([[st.f], nb]).astype(np.int32)
+    pts = np.concatenate([[st.feature], nb]).astype(np.int32)
     size = np.full(len(pts), 6, np.float32)
     size[0] = 11
     return ({"x": typed(seg[:, 0]), "y": typed(seg[:, 1]), "z": typed(seg[:, 2])},
@@ -139,8 +139,8 @@ def crystal_traces(store: AtlasStore, st: ViewState, xyz: np.ndarray) -> tuple[d
     if tab is None:
         return empty, empty
     shown = empty
-    if st.q is not None:
-        t = tab[tab["edge_cos"] >= st.q] if "edge_cos" in tab else tab
+    if st.min_edge_cos is not None:
+        t = tab[tab["edge_cos"] >= st.min_edge_cos] if "edge_cos" in tab else tab
         if "edge_cos" in t:
             t = t.sort_values("edge_cos", ascending=False)
         shown = _mesh(t[["a", "b", "c", "d"]].to_numpy()[:MAX_FACES], xyz)
@@ -187,7 +187,7 @@ def fly_to_face(store: AtlasStore, st: ViewState) -> tuple[tuple, tuple] | None:
     box, aspect = scene_box(xyz)
     quad = normalised(xyz[tab.loc[st.face, ["a", "b", "c", "d"]].to_numpy(dtype=np.int64)], box, aspect)
     center = quad.mean(axis=0)
-    before = np.asarray(st.cam if st.cam is not None else (1.25, 1.25, 1.25), float)
+    before = np.asarray(st.eye if st.eye is not None else (1.25, 1.25, 1.25), float)
     before = before / (np.linalg.norm(before) or 1.0)
     normal = np.cross(quad[1] - quad[0], quad[2] - quad[0])
     if np.linalg.norm(normal) < 1e-9:  # a degenerate face: keep the current viewing direction
@@ -201,11 +201,11 @@ def fly_to_face(store: AtlasStore, st: ViewState) -> tuple[tuple, tuple] | None:
 
 
 def camera(st: ViewState) -> dict | None:
-    if st.cam is None and st.ctr is None:
+    if st.eye is None and st.center is None:
         return None
-    cam = {"eye": dict(zip("xyz", st.cam if st.cam is not None else (1.25, 1.25, 1.25)))}
-    if st.ctr is not None:
-        cam["center"] = dict(zip("xyz", st.ctr))
+    cam = {"eye": dict(zip("xyz", st.eye if st.eye is not None else (1.25, 1.25, 1.25)))}
+    if st.center is not None:
+        cam["center"] = dict(zip("xyz", st.center))
     return cam
 
 
@@ -230,7 +230,7 @@ def figure(store: AtlasStore, st: ViewState) -> tuple[go.Figure, list]:
         hovertemplate="%{text}<extra></extra>",
         marker={**col["marker"], "size": sizes(store, st, n), "opacity": 0.85, "line": {"width": 0}})
     fig = go.Figure([points,
-                     go.Scatter3d(mode="lines", name="neighbours", hoverinfo="skip",
+                     go.Scatter3d(mode="lines", name="neighbors", hoverinfo="skip",
                                   line={"color": "#222", "width": 2}),
                      go.Scatter3d(mode="markers", name="selected", hoverinfo="skip",
                                   marker={"color": "#111", "opacity": 1, "line": {"color": "#fff", "width": 1}}),
@@ -266,19 +266,19 @@ def patch(store: AtlasStore, old: ViewState, st: ViewState) -> tuple[Patch | Non
             p["layout"]["scene"][f"{c}axis"]["range"] = r
         p["layout"]["scene"]["aspectratio"] = box["aspectratio"]
         changed = True
-    if st.color != old.color:
+    if st.coloring != old.coloring:
         col = colouring(store, st)
         p["data"][0]["marker"].update(col["marker"])
         legend, changed = col["legend"], True
-    if st.size != old.size:
+    if st.size_by_freq != old.size_by_freq:
         p["data"][0]["marker"]["size"] = sizes(store, st, len(xyz))
         changed = True
-    if moved or st.f != old.f:
+    if moved or st.feature != old.feature:
         edges, sel = selection_traces(store, st, xyz)
         p["data"][1].update(edges)
         p["data"][2].update(sel)
         changed = True
-    if moved or st.q != old.q or st.face != old.face:
+    if moved or st.min_edge_cos != old.min_edge_cos or st.face != old.face:
         faces, face = crystal_traces(store, st, xyz)
         p["data"][3].update(faces)
         p["data"][4].update(face)

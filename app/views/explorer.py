@@ -15,7 +15,8 @@ from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import DependencyException, PreventUpdate
 
 from app.data import AtlasStore, UnknownAtlas, UnknownItem
-from app.state import ViewState, parse_query, resolve
+from app.queries.features import search
+from app.state import PANELS, Coloring, ViewState, parse_query, resolve
 from app import figures
 from app.views import card as card_view
 from app.views import cloud, panels
@@ -25,7 +26,6 @@ STATIC = Path(__file__).resolve().parents[2] / "static"
 COLOR_KINDS = [{"label": "lobe (co-occurrence)", "value": "lobe"}, {"label": "geometry cluster", "value": "geometry"},
                {"label": "firing frequency (log)", "value": "freq"}, {"label": "corpus subset", "value": "subset"}]
 GRAPH_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
-PANEL_IDS = ("spectra", "lobes", "crystals")
 
 
 def _control(label: str, comp) -> html.Div:
@@ -106,7 +106,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
         Output("color-dd", "value"), Output("aff-dd", "options"), Output("aff-dd", "value"),
         Output("k-dd", "options"), Output("k-dd", "value"),
         Output("size-check", "value"), Output("crystal-check", "value"), Output("q-slider", "value"),
-        Output("panel-tabs", "value"), *[Output(f"panel-{p}", "className") for p in PANEL_IDS],
+        Output("panel-tabs", "value"), *[Output(f"panel-{p}", "className") for p in PANELS],
         Input("url", "search"), Input("atlas-dd", "value"), Input("layer-dd", "value"),
         Input("layout-radio", "value"), Input("color-dd", "value"), Input("aff-dd", "value"), Input("k-dd", "value"),
         Input("size-check", "value"), Input("crystal-check", "value"), Input("q-slider", "value"),
@@ -123,9 +123,9 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
             st, more = resolve(st, store)
             notes += more
         else:
-            st = ViewState(**prev)
+            st = ViewState.model_validate(prev)
             if prop == "panel-tabs.value":
-                if panel_v == st.panel or panel_v not in PANEL_IDS:
+                if panel_v == st.panel or panel_v not in PANELS:
                     raise PreventUpdate
                 st = st.with_(panel=panel_v)
             elif prop in ("alpha-fig.clickData", "negentropy-fig.clickData"):
@@ -161,24 +161,24 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
         eye = cam.get("eye") if isinstance(cam, dict) else None
         if not view or not isinstance(eye, dict) or not all(isinstance(eye.get(c), (int, float)) for c in "xyz"):
             raise PreventUpdate
-        st = ViewState(**view)
+        st = ViewState.model_validate(view)
         center = cam.get("center")
-        ctr = st.ctr
+        ctr = st.center
         if isinstance(center, dict) and all(isinstance(center.get(c), (int, float)) for c in "xyz"):
             ctr = tuple(round(float(center[c]), 3) for c in "xyz")
             ctr = None if not any(ctr) else ctr  # plotly's default centre stays out of the link
         eye = tuple(round(float(eye[c]), 2) for c in "xyz")
-        if (eye, ctr) == (st.cam, st.ctr):
+        if (eye, ctr) == (st.eye, st.center):
             raise PreventUpdate
-        return st.with_(cam=eye, ctr=ctr).to_query()
+        return st.with_(eye=eye, center=ctr).to_query()
 
     @app.callback(Output("cloud", "figure"), Output("rendered", "data"), Output("legend", "children"),
                   Input("view", "data"), State("rendered", "data"))
     def draw(view, rendered):
         if not view or view.get("atlas") is None:
             raise PreventUpdate
-        st = ViewState(**view)
-        old = ViewState(**rendered) if rendered else None
+        st = ViewState.model_validate(view)
+        old = ViewState.model_validate(rendered) if rendered else None
         try:
             if old is None or (old.atlas, old.layer) != (st.atlas, st.layer):
                 fig, legend = cloud.figure(store, st)
@@ -196,7 +196,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
     def side(view):
         if not view or view.get("atlas") is None:
             return [], [], [], [], [], []
-        st = ViewState(**view)
+        st = ViewState.model_validate(view)
         m = store.open(st.atlas).manifest
         banner = html.Div(f"Synthetic atlas: {m.title or st.atlas} holds generated data with planted structure, "
                           "not measurements of a model.", className="banner synthetic", id="synthetic-banner") \
@@ -214,7 +214,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
     def spectra(view, key):
         if not view or view.get("atlas") is None:
             raise PreventUpdate
-        st = ViewState(**view)
+        st = ViewState.model_validate(view)
         if key == [st.atlas, st.layer]:
             raise PreventUpdate
         fig = figures.spectra(store, st)
@@ -236,15 +236,13 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
                   Input("search-input", "n_submit"), State("search-input", "value"), State("view", "data"),
                   prevent_initial_call=True)
     def do_search(_n, _s, q, view):
-        from app.api import search
-
         if not q or not view:
             return []
-        st = ViewState(**view)
+        st = ViewState.model_validate(view)
         hits = search(store, st.atlas, st.layer, q, limit=15)
         if not hits:
             return html.P("no matches", className="muted")
-        return html.Ul([html.Li([card_view.link(st, prefix, f"#{h.feature}", f=h.feature), f"  {h.why}"])
+        return html.Ul([html.Li([card_view.link(st, prefix, f"#{h.feature}", feature=h.feature), f"  {h.why}"])
                         for h in hits], id="search-list", className="nlist")
 
     app.clientside_callback(
@@ -279,39 +277,48 @@ def _clicked_layer(st: ViewState, click) -> ViewState:
     x = (((click or {}).get("points") or [{}])[0]).get("x")
     if not isinstance(x, (int, float)) or int(x) == st.layer:
         raise PreventUpdate
-    return st.with_(layer=int(x), f=None, face=None)
+    return st.with_(layer=int(x), feature=None, face=None)
 
 
 def _apply_control(store: AtlasStore, st: ViewState, prop: str, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v, q_v,
                    click, sclick, curve_layers=None) -> ViewState:
     src = prop.rsplit(".", 1)[0]
     if src == "atlas-dd" and atlas_v != st.atlas:
-        return st.with_(atlas=atlas_v, f=None, face=None)
+        return st.with_(atlas=atlas_v, feature=None, face=None)
     if src == "layer-dd" and layer_v is not None and layer_v != st.layer:
-        return st.with_(layer=int(layer_v), f=None, face=None)
+        return st.with_(layer=int(layer_v), feature=None, face=None)
     if src == "layout-radio" and layout_v:
         return st.with_(layout=layout_v)
     if src in ("color-dd", "aff-dd", "k-dd"):
-        if kind_v == "lobe":
-            return st.with_(color=f"lobe:{aff_v}:{k_v}" if aff_v and k_v else "lobe")
-        if kind_v == "geometry":
-            return st.with_(color=f"geometry:{k_v}" if k_v else "geometry")
-        return st.with_(color=kind_v or "lobe")
+        return st.with_(coloring=_picked_coloring(kind_v, aff_v, k_v))
     if src == "size-check":
-        return st.with_(size="freq" in (size_v or []))
+        return st.with_(size_by_freq="freq" in (size_v or []))
     if src == "crystal-check":
-        return st.with_(q=float(q_v) if "on" in (cryst_v or []) else None)
+        return st.with_(min_edge_cos=float(q_v) if "on" in (cryst_v or []) else None)
     if src == "q-slider":
-        return st.with_(q=float(q_v)) if st.q is not None else st
+        return st.with_(min_edge_cos=float(q_v)) if st.min_edge_cos is not None else st
     if prop == "cloud.clickData":
-        return st.with_(f=_clicked_feature(store, st, click))
+        return st.with_(feature=_clicked_feature(store, st, click))
     if prop == "spectra.clickData":
         curve = (((sclick or {}).get("points") or [{}])[0]).get("curveNumber")
         if not isinstance(curve, int) or not curve_layers or not 0 <= curve < len(curve_layers):
             raise PreventUpdate
         L = curve_layers[curve]
-        return st.with_(layer=int(L), f=None, face=None)
+        return st.with_(layer=int(L), feature=None, face=None)
     raise PreventUpdate
+
+
+def _picked_coloring(kind_v, aff_v, k_v) -> Coloring:
+    """The colouring the colour, affinity and k dropdowns ask for (the layer's default where
+    one is left empty)."""
+    try:
+        if kind_v == "lobe":
+            return Coloring(kind="lobe", affinity=aff_v, k=k_v) if aff_v and k_v else Coloring()
+        if kind_v == "geometry":
+            return Coloring(kind="geometry", k=k_v or None)
+        return Coloring(kind=kind_v or "lobe")
+    except ValueError:  # not a value the dropdowns offer
+        raise PreventUpdate from None
 
 
 def _fly(store: AtlasStore, st: ViewState, prev: dict | None, fresh: bool) -> ViewState:
@@ -322,25 +329,25 @@ def _fly(store: AtlasStore, st: ViewState, prev: dict | None, fresh: bool) -> Vi
     if st.face is None or st.atlas is None or (prev and prev.get("face") == st.face
                                                and (prev.get("atlas"), prev.get("layer")) == (st.atlas, st.layer)):
         return st
-    if fresh and st.ctr is not None:
+    if fresh and st.center is not None:
         return st
     cam = cloud.fly_to_face(store, st)
-    return st if cam is None else st.with_(cam=cam[0], ctr=cam[1])
+    return st if cam is None else st.with_(eye=cam[0], center=cam[1])
 
 
 def _clicked_feature(store: AtlasStore, st: ViewState, click) -> int:
     """The feature id of a click on the cloud.
 
     The id comes from the point's index (no customdata needed on the wire): trace 0 holds
-    every feature in order, trace 2 the selected feature then its neighbours.
+    every feature in order, trace 2 the selected feature then its neighbors.
     """
     pt = ((click or {}).get("points") or [{}])[0]
     curve, idx = pt.get("curveNumber"), pt.get("pointNumber")
     if curve == 0 and isinstance(idx, int):
         return idx
-    if curve == 2 and isinstance(idx, int) and st.f is not None:
-        nb, _ = store.neighbours(st.atlas, st.layer, st.f, cloud.N_NEIGHBOURS)
-        pts = [st.f, *map(int, nb)]
+    if curve == 2 and isinstance(idx, int) and st.feature is not None:
+        nb, _ = store.neighbors(st.atlas, st.layer, st.feature, cloud.N_NEIGHBORS)
+        pts = [st.feature, *map(int, nb)]
         if idx < len(pts):
             return pts[idx]
     raise PreventUpdate
@@ -350,23 +357,24 @@ def _controls(store: AtlasStore, st: ViewState) -> tuple:
     """Options and values of every control for a resolved state."""
     if st.atlas is None:
         return ([], None, [], None, [], None, None, [], None, [], None, [], [], 0.5, "spectra",
-                *["panel" if p == "spectra" else "panel hidden" for p in PANEL_IDS])
+                *["panel" if p == "spectra" else "panel hidden" for p in PANELS])
     names = store.names()
     layers = store.open(st.atlas).layer_ids
     layouts = store.layouts(st.atlas, st.layer) or ["pca"]
     opts = store.lobe_options(st.atlas, st.layer)
-    kind, *rest = st.color.split(":")
+    kind = st.coloring.kind
     cooc = [a for a in opts if a != "geometry"]
-    aff = rest[0] if kind == "lobe" else (cooc[0] if cooc else None)
+    aff = st.coloring.affinity if kind == "lobe" else (cooc[0] if cooc else None)
     ks = opts.get("geometry" if kind == "geometry" else aff, []) if (aff or kind == "geometry") else []
-    k = int(rest[-1]) if kind in ("lobe", "geometry") and rest else None
+    k = st.coloring.k if kind in ("lobe", "geometry") else None
     return ([{"label": n, "value": n} for n in names], st.atlas,
             [{"label": f"layer {L}", "value": L} for L in layers], st.layer,
             [{"label": f" {x.upper()}", "value": x, "disabled": x not in layouts} for x in ("pca", "umap")], st.layout,
             kind, [{"label": a, "value": a} for a in cooc], aff,
             [{"label": str(x), "value": x} for x in ks], k,
-            ["freq"] if st.size else [], ["on"] if st.q is not None else [], st.q if st.q is not None else 0.5,
-            st.panel, *["panel" if p == st.panel else "panel hidden" for p in PANEL_IDS])
+            ["freq"] if st.size_by_freq else [], ["on"] if st.min_edge_cos is not None else [],
+            st.min_edge_cos if st.min_edge_cos is not None else 0.5,
+            st.panel, *["panel" if p == st.panel else "panel hidden" for p in PANELS])
 
 
 def _notice(notes: list[str]):
@@ -390,9 +398,9 @@ def _exports(store: AtlasStore, st: ViewState, prefix: str) -> list:
     out = [html.Span("Export: ", className="muted"),
            html.A("all CSV", href=base + "&format=csv", download=""), " · ",
            html.A("all Parquet", href=base + "&format=parquet", download="")]
-    if st.f is not None:
-        nb, _ = store.neighbours(st.atlas, st.layer, st.f, cloud.N_NEIGHBOURS)
-        sel = ",".join(str(int(i)) for i in [st.f, *nb])
-        out += [" · ", html.A(f"#{st.f} + neighbours CSV", href=f"{base}&format=csv&features={sel}", download="",
+    if st.feature is not None:
+        nb, _ = store.neighbors(st.atlas, st.layer, st.feature, cloud.N_NEIGHBORS)
+        sel = ",".join(str(int(i)) for i in [st.feature, *nb])
+        out += [" · ", html.A(f"#{st.feature} + neighbors CSV", href=f"{base}&format=csv&features={sel}", download="",
                               id="export-selection")]
     return out

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-import numpy as np
 import plotly.graph_objects as go
 from dash import dcc, html
 
 from app import figures
-from app.api import _brain_entry, atom_summary
 from app.data import AtlasStore
+from app.queries import layers
 from app.state import ViewState
 from app.views.card import face_item
 from app.views.cloud import colour_of
@@ -27,11 +26,12 @@ def figure_exports(name: str, st: ViewState, prefix: str = "/") -> html.Div:
     the page, HTML (standalone, plotly.js inlined) from the API with the view's parameters."""
     graph = GRAPH_IDS.get(name, f"{name}-fig")
     fname = f"{st.atlas}-layer{st.layer}-{name}"
-    params = {"layout": st.layout, "color": st.color}
-    for key in ("f", "q", "face"):
-        if getattr(st, key) is not None:
-            params[key] = getattr(st, key)
-    if st.size:
+    # the figure route's parameters: the permalink's keys, except size, a plain boolean there
+    params = {"layout": st.layout, "color": str(st.coloring)}
+    for key, value in (("f", st.feature), ("q", st.min_edge_cos), ("face", st.face)):
+        if value is not None:
+            params[key] = value
+    if st.size_by_freq:
         params["size"] = "true"
     href = (f"{prefix.rstrip('/')}/api/atlases/{st.atlas}/layers/{st.layer}/figures/{name}.html?"
             + urlencode(params, safe=":,"))
@@ -56,28 +56,19 @@ def spectra_figure(store: AtlasStore, st: ViewState) -> go.Figure | None:
 
 def lobes_panel(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
     """Sizes, names, subset composition (table and heat map), statistics and exports of the lobes."""
-    choice = figures.lobe_choice(st)
+    choice = st.coloring.lobes
     if choice is None:
         return [html.P("Colour by lobe or geometry cluster to list its lobes here.", className="hint")]
     aff, k = choice
-    lab = store.lobes(st.atlas, st.layer, aff, k)
-    names = store.lobe_names(st.atlas, st.layer, aff, k)
-    ids, sizes = np.unique(lab[lab >= 0], return_counts=True)
-    comp: dict[int, dict[str, int]] = {}
-    t = store.table(st.atlas, st.layer, "lobe_subsets.parquet")
-    if t is not None:
-        t = t[(t["affinity"] == aff) & (t["k"] == k)]
-        for lobe, s, b in zip(t["lobe"], t["subset"], t["blocks"]):
-            comp.setdefault(int(lobe), {})[str(s)] = int(b)
+    lobes = layers.lobes(store, st.atlas, st.layer, aff, k)
     base = f"{prefix.rstrip('/')}/api/atlases/{st.atlas}/layers/{st.layer}/export?layout={st.layout}"
     rows = []
-    for i, n in zip(ids, sizes):
-        c = comp.get(int(i), {})
-        tot = sum(c.values()) or 1
-        top = ", ".join(f"{s} {b / tot:.0%}" for s, b in sorted(c.items(), key=lambda x: -x[1])[:3])
-        spec = f"{aff}:{k}:{int(i)}"
-        rows.append(html.Tr([html.Td(html.Span(className="swatch", style={"background": colour_of(int(i))})),
-                             html.Td(str(int(i))), html.Td(str(int(n))), html.Td(names.get(int(i), "")),
+    for lobe in lobes.lobes:
+        tot = sum(lobe.subsets.values()) or 1
+        top = ", ".join(f"{s} {b / tot:.0%}" for s, b in sorted(lobe.subsets.items(), key=lambda x: -x[1])[:3])
+        spec = f"{aff}:{k}:{lobe.lobe}"
+        rows.append(html.Tr([html.Td(html.Span(className="swatch", style={"background": colour_of(lobe.lobe)})),
+                             html.Td(str(lobe.lobe)), html.Td(str(lobe.size)), html.Td(lobe.name),
                              html.Td(top),
                              html.Td([html.A("CSV", href=f"{base}&format=csv&lobe={spec}", download=""), " · ",
                                       html.A("Parquet", href=f"{base}&format=parquet&lobe={spec}", download="")],
@@ -86,11 +77,8 @@ def lobes_panel(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
                                             html.Th("blocks won (subset)"), html.Th("features")])),
                         html.Tbody(rows)], className="lobes", id="lobes-table")
     out = []
-    a = store.open(st.atlas)
-    if a.has(f"layers/{st.layer}/brain.json"):
-        entry = _brain_entry(a.json(f"layers/{st.layer}/brain.json"), aff, k)
-        if entry:
-            out.append(html.P(f"{aff}, k={k}: " + brain_summary(entry), className="muted", id="lobe-stats"))
+    if lobes.stats:
+        out.append(html.P(f"{aff}, k={k}: " + brain_summary(lobes.stats), className="muted", id="lobe-stats"))
     heat = figures.lobe_subsets(store, st)
     right = [_graph("lobe-subsets", heat, st, prefix)] if heat is not None else [
         html.P("No corpus-subset tally for these lobes (lobe_subsets.parquet).", className="hint")]
@@ -99,7 +87,7 @@ def lobes_panel(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
 
 def crystals_panel(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
     """Face counts against the random baseline, the best faces (links), LDA silhouette, distractor."""
-    s = atom_summary(store, st.atlas, st.layer, n_best=15)
+    s = layers.atom_summary(store, st.atlas, st.layer, n_best=15)
     left: list = []
     if s.n_faces is None:
         left.append(html.P("No crystals in this layer (the geometry stage's crystal search).", className="hint"))
@@ -113,7 +101,7 @@ def crystals_panel(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
         else:
             text += "; no random baseline in this atlas"
         left.append(html.P(text, id="crystal-counts"))
-        rows = [face_item(st, prefix, x, f=x.a) for x in s.best]
+        rows = [face_item(st, prefix, x, feature=x.a) for x in s.best]
         if rows:
             left += [html.H4("Best faces (click to draw)"), html.Ol(rows, id="best-faces", className="nlist")]
     right = []

@@ -1,0 +1,194 @@
+"""What the queries answer and the JSON API serves: one pydantic model per shape.
+
+The queries (app/queries/) build these, the Dash views read them, and the routers (app/api/)
+declare them as response models, so the OpenAPI schema at ``/docs`` is the contract of both.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from app.data import Affinity, Layout
+
+
+class LayerSummary(BaseModel):
+    layer: int
+    n_features: int
+    hook: str = ""
+    sae_source: str = ""
+
+
+class AtlasSummary(BaseModel):
+    name: str
+    title: str = ""
+    model: str = ""
+    synthetic: bool = False
+    layers: list[LayerSummary] = Field(default_factory=list)
+    error: str | None = Field(None, description="why this atlas cannot be opened (validation failure)")
+
+
+class LayerDetail(LayerSummary):
+    n_tokens: int
+    n_blocks: int
+    threshold: float | None
+    sae: dict
+    layouts: list[Layout]
+    lobes: dict[str, list[int]] = Field(description="affinity -> the k computed")
+    files: list[str]
+
+
+class AtlasDetail(BaseModel):
+    name: str
+    title: str
+    synthetic: bool
+    created: str
+    model: dict
+    corpus: dict
+    layers: list[LayerDetail]
+    notes: list[str]
+
+
+class LobeLabels(BaseModel):
+    affinity: Affinity
+    k: int
+    labels: list[int] = Field(description="lobe per feature; -1 = dead/excluded")
+    names: dict[int, str] = Field(default_factory=dict, description="lobe -> its top tokens")
+
+
+class Points(BaseModel):
+    atlas: str
+    layer: int
+    layout: Layout
+    n: int
+    x: list[float]
+    y: list[float]
+    z: list[float]
+    fire_count: list[int] | None
+    frequency: list[float] | None = Field(description="fraction of tokens on which the feature fired")
+    lobes: LobeLabels | None
+
+
+class Neighbor(BaseModel):
+    feature: int
+    cos: float
+
+
+class Context(BaseModel):
+    rank: int
+    value: float
+    doc: int
+    subset: str
+    tokens: list[str]
+    peak: int
+
+
+class TopToken(BaseModel):
+    token: str
+    count: int
+
+
+class CoocPartner(BaseModel):
+    feature: int
+    blocks: int
+    phi: float | None
+
+
+class Crystal(BaseModel):
+    index: int = Field(description="row of crystals.parquet")
+    a: int
+    b: int
+    c: int
+    d: int
+    kind: str
+    edge_cos: float | None = None
+    length_ratio: float | None = None
+    closing_error: float | None = None
+
+
+class Histogram(BaseModel):
+    edges: list[float]
+    counts: list[int]
+
+
+class LobeOf(BaseModel):
+    affinity: str
+    k: int
+    lobe: int
+
+
+class FeatureCard(BaseModel):
+    atlas: str
+    layer: int
+    feature: int
+    fire_count: int | None
+    frequency: float | None
+    neighbors: list[Neighbor] = Field(description="decoder-cosine neighbors, closest first")
+    contexts: list[Context]
+    top_tokens: list[TopToken]
+    cooc_partners: list[CoocPartner] | None
+    crystals: list[Crystal] | None
+    act_hist: Histogram | None
+    lobes: list[LobeOf]
+    neuronpedia: str | None
+
+
+class LobeRow(BaseModel):
+    lobe: int
+    size: int
+    name: str
+    subsets: dict[str, int] = Field(default_factory=dict, description="blocks won per corpus subset")
+
+
+class Lobes(BaseModel):
+    atlas: str
+    layer: int
+    affinity: Affinity
+    k: int
+    lobes: list[LobeRow]
+    stats: dict | None = Field(None, description="brain.json entry for (affinity, k): AMI, accuracy, z-scores")
+
+
+class Spectrum(BaseModel):
+    layer: int
+    eigenvalues: list[float]
+    fit: dict | None
+
+
+class Spectra(BaseModel):
+    atlas: str
+    layers: list[Spectrum]
+
+
+class AtomSummary(BaseModel):
+    atlas: str
+    layer: int
+    n_faces: int | None = Field(None, description="faces in crystals.parquet (None: crystals not computed)")
+    n_parallelogram: int | None = None
+    n_trapezoid: int | None = None
+    baseline: dict | None = Field(None, description="atom.json crystal_baseline: faces passing the same "
+                                                    "thresholds on random directions of matched norms")
+    best: list[Crystal] = Field(default_factory=list, description="best faces: highest edge cosine first")
+    lda: dict | None = Field(None, description="atom.json lda: silhouette per LDA dimension, raw silhouette")
+    distractor: dict | None = Field(None, description="atom.json distractor: PC1 scores, length differences, r")
+    n_pairs: int | None = None
+
+
+class SearchHit(BaseModel):
+    feature: int
+    why: str
+
+
+class SearchResult(BaseModel):
+    query: str
+    hits: list[SearchHit]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    atlases: int
+
+
+class ErrorDetail(BaseModel):
+    """The body of every error the API answers with its own message (404, 422, 503)."""
+    detail: str
