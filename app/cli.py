@@ -223,11 +223,16 @@ def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")
 
     # A fresh process serves: it holds only what the explorer reads, not the model and the
     # statistics of the builds below.
+    if not _port_free(host, port):
+        _fail(f"the explorer could not start on {host}:{port}: the port is in use (choose another with --port)")
     server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--atlas-dir", str(atlas_dir),
                                "--host", host, "--port", str(port)])
-    time.sleep(1.0)
-    if server.poll() is not None:
-        _fail(f"the explorer could not start on {host}:{port} (is the port in use? try --port)")
+    deadline = time.time() + 120
+    while not _answers(host, port):
+        if server.poll() is not None or time.time() > deadline:
+            server.kill()
+            _fail(f"the explorer could not start on {host}:{port} (see the messages above; another port: --port)")
+        time.sleep(0.3)
     try:
         os.nice(5)   # the builds yield to the explorer's requests
     except (AttributeError, OSError):
@@ -248,7 +253,8 @@ def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")
             except PrecomputeError as e:
                 typer.secho(f"error: {e} (delete {target} to rebuild it from scratch)", fg=typer.colors.RED, err=True)
         typer.echo("demo atlases ready; the explorer keeps running (Ctrl-C to stop)")
-        server.wait()
+        if server.wait() != 0:
+            _fail(f"the explorer stopped with exit status {server.returncode}")
     except KeyboardInterrupt:
         typer.echo("stopped; an unfinished build continues where it stopped on the next `saegeo demo`", err=True)
     finally:
@@ -257,6 +263,28 @@ def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _answers(host: str, port: int) -> bool:
+    """True once the explorer's health check answers on host:port."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def main() -> None:
