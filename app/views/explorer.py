@@ -28,6 +28,19 @@ COLOR_KINDS = [{"label": "lobe (co-occurrence)", "value": "lobe"}, {"label": "ge
 GRAPH_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 
 
+# The sidebar's controls by name: (component id, property); the controller reads their
+# values and writes them (with their options) back for every resolved view.
+CONTROLS = {"atlas": ("atlas-dd", "value"), "layer": ("layer-dd", "value"), "layout": ("layout-radio", "value"),
+            "coloring": ("color-dd", "value"), "affinity": ("aff-dd", "value"), "k": ("k-dd", "value"),
+            "size": ("size-check", "value"), "crystals": ("crystal-check", "value"),
+            "min_edge_cos": ("q-slider", "value"), "panel": ("panel-tabs", "value")}
+CONTROL_INPUTS = {name: Input(*target) for name, target in CONTROLS.items()}
+CONTROL_OUTPUTS = {**{name: Output(*target) for name, target in CONTROLS.items()},
+                   **{f"{name}_options": Output(cid, "options") for name, (cid, _) in CONTROLS.items()
+                      if name in ("atlas", "layer", "layout", "affinity", "k")},
+                   "panel_classes": [Output(f"panel-{p}", "className") for p in PANELS]}
+
+
 def _control(label: str, comp) -> html.Div:
     return html.Div([html.Label(label), comp], className="control")
 
@@ -98,24 +111,18 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
     # A request for a script that is not one of Dash's own is "not found", not a server error.
     app.server.register_error_handler(DependencyException, lambda e: ("not found", 404))
 
+    # Dict-grouped outputs and inputs: each value is returned and read by name, so no
+    # order of the twenty-odd outputs can silently put a value into the wrong control.
     @app.callback(
-        Output("url", "search"), Output("notice", "children"), Output("view", "data"),
-        Output("atlas-dd", "options"), Output("atlas-dd", "value"),
-        Output("layer-dd", "options"), Output("layer-dd", "value"),
-        Output("layout-radio", "options"), Output("layout-radio", "value"),
-        Output("color-dd", "value"), Output("aff-dd", "options"), Output("aff-dd", "value"),
-        Output("k-dd", "options"), Output("k-dd", "value"),
-        Output("size-check", "value"), Output("crystal-check", "value"), Output("q-slider", "value"),
-        Output("panel-tabs", "value"), *[Output(f"panel-{p}", "className") for p in PANELS],
-        Input("url", "search"), Input("atlas-dd", "value"), Input("layer-dd", "value"),
-        Input("layout-radio", "value"), Input("color-dd", "value"), Input("aff-dd", "value"), Input("k-dd", "value"),
-        Input("size-check", "value"), Input("crystal-check", "value"), Input("q-slider", "value"),
-        Input("cloud", "clickData"), Input("spectra", "clickData"), Input("panel-tabs", "value"),
-        Input("alpha-fig", "clickData"), Input("negentropy-fig", "clickData"),
-        State("view", "data"), State("spectra-layers", "data"),
+        output={"url": Output("url", "search"), "notice": Output("notice", "children"),
+                "view": Output("view", "data"), "controls": CONTROL_OUTPUTS},
+        inputs={"search": Input("url", "search"), "controls": CONTROL_INPUTS,
+                "clicks": {"cloud": Input("cloud", "clickData"), "spectra": Input("spectra", "clickData"),
+                           "alpha": Input("alpha-fig", "clickData"),
+                           "negentropy": Input("negentropy-fig", "clickData")}},
+        state={"prev": State("view", "data"), "curve_layers": State("spectra-layers", "data")},
     )
-    def controller(search, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v, q_v,
-                   click, sclick, panel_v, aclick, nclick, prev, curve_layers):
+    def controller(search, controls, clicks, prev, curve_layers):
         prop = ctx.triggered[0]["prop_id"] if ctx.triggered else "."
         notes: list[str] = []
         if prop in (".", "url.search") or not prev:
@@ -125,27 +132,28 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
         else:
             st = ViewState.model_validate(prev)
             if prop == "panel-tabs.value":
-                if panel_v == st.panel or panel_v not in PANELS:
+                if controls["panel"] == st.panel or controls["panel"] not in PANELS:
                     raise PreventUpdate
-                st = st.with_(panel=panel_v)
+                st = st.with_(panel=controls["panel"])
             elif prop in ("alpha-fig.clickData", "negentropy-fig.clickData"):
-                st = _clicked_layer(st, aclick if prop.startswith("alpha") else nclick)
+                st = _clicked_layer(st, clicks["alpha" if prop.startswith("alpha") else "negentropy"])
             else:
-                st = _apply_control(store, st, prop, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v,
-                                    q_v, click, sclick, curve_layers)
+                st = _apply_control(store, st, prop, controls, clicks, curve_layers)
             st, _ = resolve(st, store)  # a control can only ask for what exists; snap silently
         st = _fly(store, st, prev, fresh=prop == "." or not prev)
         query = st.to_query()
-        return (query if query != (search or "") else no_update,
-                _notice(notes), st.model_dump(), *_controls(store, st))
+        return {"url": query if query != (search or "") else no_update, "notice": _notice(notes),
+                "view": st.model_dump(), "controls": _controls(store, st)}
 
     @app.callback(Output("building", "children"), Output("building-tick", "disabled"),
                   Input("building-tick", "n_intervals"))
     def building(_n):
-        """Progress of atlases still being built (the demo's second model), polled until none is left."""
+        """Progress of atlases being built (the demo's), polled while any is."""
         items = store.building()
         if not items:
-            return [], _n is not None   # keep polling briefly after load, then stop
+            # a build announces itself only once its model is loaded: keep looking for the
+            # first two minutes after the page opened, then stop
+            return [], (_n or 0) >= 24
         rows = [html.Li(f"{b['name']} ({b['model'] or 'model'}): {b['stage'] or 'starting'}"
                         + (f" {100 * b['done'] / b['total']:.0f} %" if b["done"] is not None and b["total"] else ""))
                 for b in items]
@@ -280,27 +288,29 @@ def _clicked_layer(st: ViewState, click) -> ViewState:
     return st.with_(layer=int(x), feature=None, face=None)
 
 
-def _apply_control(store: AtlasStore, st: ViewState, prop: str, atlas_v, layer_v, layout_v, kind_v, aff_v, k_v, size_v, cryst_v, q_v,
-                   click, sclick, curve_layers=None) -> ViewState:
+def _apply_control(store: AtlasStore, st: ViewState, prop: str, controls: dict, clicks: dict,
+                   curve_layers=None) -> ViewState:
+    """The view a change of one control (``prop``, Dash's ``id.property``) asks for."""
     src = prop.rsplit(".", 1)[0]
-    if src == "atlas-dd" and atlas_v != st.atlas:
-        return st.with_(atlas=atlas_v, feature=None, face=None)
-    if src == "layer-dd" and layer_v is not None and layer_v != st.layer:
-        return st.with_(layer=int(layer_v), feature=None, face=None)
-    if src == "layout-radio" and layout_v:
-        return st.with_(layout=layout_v)
+    c = controls
+    if src == "atlas-dd" and c["atlas"] != st.atlas:
+        return st.with_(atlas=c["atlas"], feature=None, face=None)
+    if src == "layer-dd" and c["layer"] is not None and c["layer"] != st.layer:
+        return st.with_(layer=int(c["layer"]), feature=None, face=None)
+    if src == "layout-radio" and c["layout"]:
+        return st.with_(layout=c["layout"])
     if src in ("color-dd", "aff-dd", "k-dd"):
-        return st.with_(coloring=_picked_coloring(kind_v, aff_v, k_v))
+        return st.with_(coloring=_picked_coloring(c["coloring"], c["affinity"], c["k"]))
     if src == "size-check":
-        return st.with_(size_by_freq="freq" in (size_v or []))
+        return st.with_(size_by_freq="freq" in (c["size"] or []))
     if src == "crystal-check":
-        return st.with_(min_edge_cos=float(q_v) if "on" in (cryst_v or []) else None)
+        return st.with_(min_edge_cos=float(c["min_edge_cos"]) if "on" in (c["crystals"] or []) else None)
     if src == "q-slider":
-        return st.with_(min_edge_cos=float(q_v)) if st.min_edge_cos is not None else st
+        return st.with_(min_edge_cos=float(c["min_edge_cos"])) if st.min_edge_cos is not None else st
     if prop == "cloud.clickData":
-        return st.with_(feature=_clicked_feature(store, st, click))
+        return st.with_(feature=_clicked_feature(store, st, clicks["cloud"]))
     if prop == "spectra.clickData":
-        curve = (((sclick or {}).get("points") or [{}])[0]).get("curveNumber")
+        curve = (((clicks["spectra"] or {}).get("points") or [{}])[0]).get("curveNumber")
         if not isinstance(curve, int) or not curve_layers or not 0 <= curve < len(curve_layers):
             raise PreventUpdate
         L = curve_layers[curve]
@@ -353,28 +363,31 @@ def _clicked_feature(store: AtlasStore, st: ViewState, click) -> int:
     raise PreventUpdate
 
 
-def _controls(store: AtlasStore, st: ViewState) -> tuple:
-    """Options and values of every control for a resolved state."""
+def _controls(store: AtlasStore, st: ViewState) -> dict:
+    """Options and values of every control (the keys of CONTROL_OUTPUTS) for a resolved state."""
+    panels = {"panel": st.panel, "panel_classes": ["panel" if p == st.panel else "panel hidden" for p in PANELS]}
     if st.atlas is None:
-        return ([], None, [], None, [], None, None, [], None, [], None, [], [], 0.5, "spectra",
-                *["panel" if p == "spectra" else "panel hidden" for p in PANELS])
-    names = store.names()
-    layers = store.open(st.atlas).layer_ids
+        return {"atlas_options": [], "atlas": None, "layer_options": [], "layer": None, "layout_options": [],
+                "layout": None, "coloring": None, "affinity_options": [], "affinity": None, "k_options": [],
+                "k": None, "size": [], "crystals": [], "min_edge_cos": 0.5, **panels}
     layouts = store.layouts(st.atlas, st.layer) or ["pca"]
     opts = store.lobe_options(st.atlas, st.layer)
     kind = st.coloring.kind
     cooc = [a for a in opts if a != "geometry"]
     aff = st.coloring.affinity if kind == "lobe" else (cooc[0] if cooc else None)
     ks = opts.get("geometry" if kind == "geometry" else aff, []) if (aff or kind == "geometry") else []
-    k = st.coloring.k if kind in ("lobe", "geometry") else None
-    return ([{"label": n, "value": n} for n in names], st.atlas,
-            [{"label": f"layer {L}", "value": L} for L in layers], st.layer,
-            [{"label": f" {x.upper()}", "value": x, "disabled": x not in layouts} for x in ("pca", "umap")], st.layout,
-            kind, [{"label": a, "value": a} for a in cooc], aff,
-            [{"label": str(x), "value": x} for x in ks], k,
-            ["freq"] if st.size_by_freq else [], ["on"] if st.min_edge_cos is not None else [],
-            st.min_edge_cos if st.min_edge_cos is not None else 0.5,
-            st.panel, *["panel" if p == st.panel else "panel hidden" for p in PANELS])
+    return {
+        "atlas_options": [{"label": n, "value": n} for n in store.names()], "atlas": st.atlas,
+        "layer_options": [{"label": f"layer {L}", "value": L} for L in store.open(st.atlas).layer_ids],
+        "layer": st.layer,
+        "layout_options": [{"label": f" {x.upper()}", "value": x, "disabled": x not in layouts}
+                           for x in ("pca", "umap")],
+        "layout": st.layout,
+        "coloring": kind, "affinity_options": [{"label": a, "value": a} for a in cooc], "affinity": aff,
+        "k_options": [{"label": str(x), "value": x} for x in ks],
+        "k": st.coloring.k if kind in ("lobe", "geometry") else None,
+        "size": ["freq"] if st.size_by_freq else [], "crystals": ["on"] if st.min_edge_cos is not None else [],
+        "min_edge_cos": st.min_edge_cos if st.min_edge_cos is not None else 0.5, **panels}
 
 
 def _notice(notes: list[str]):
