@@ -27,7 +27,7 @@ def create_app(atlas_dir: Path, banner: str | None = None, verify: str = "checks
     app = FastAPI(
         title="saegeo",
         summary="JSON API of the saegeo atlas explorer",
-        description="Read-only access to atlases of SAE feature geometry (see docs/atlas.md). "
+        description="Read-only access to atlases of SAE feature geometry (docs/atlas.md, docs/api.md). "
                     "Unknown atlases, layers and features are 404; malformed parameters 422; an atlas "
                     "that fails validation 503 with the validation message.",
         version="1",
