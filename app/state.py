@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-from app.data import AFFINITIES, AtlasStore, Layout, UnknownAtlas, UnknownItem, valid_name
+from app.data import AFFINITIES, LAYOUTS, AtlasStore, Layout, UnknownAtlas, UnknownItem, valid_name
 from analysis.atlas import AtlasError
 
 _MAX_QUERY = 2000
@@ -174,7 +174,7 @@ def parse_query(search: str | None) -> tuple[ViewState, list[str]]:
             else:
                 bad(key, "not a whole number")
     if "layout" in raw:
-        if raw["layout"] in ("pca", "umap"):
+        if raw["layout"] in LAYOUTS:
             s["layout"] = raw["layout"]
         else:
             bad("layout", "use pca or umap")

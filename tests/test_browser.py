@@ -259,7 +259,7 @@ def test_crystal_overlay_threshold_and_flying_to_a_face(server, root_faces, crys
     page.keyboard.press("End")
     page.wait_for_function("() => new URLSearchParams(location.search).get('q') === '1'", timeout=15_000)
     page.wait_for_function(f"() => ({n_faces})() === 0", timeout=15_000)
-    # thresholds between two neighbouring face qualities, from a link: strictly fewer faces above
+    # thresholds between two neighboring face qualities, from a link: strictly fewer faces above
     # (each threshold is a face's quality rounded down, so the next one leaves that face out)
     qs = np.unique(np.floor(edge * 1000) / 1000)
     assert len(qs) >= 2

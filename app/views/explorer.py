@@ -14,7 +14,7 @@ from pathlib import Path
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import DependencyException, PreventUpdate
 
-from app.data import AtlasStore, UnknownAtlas, UnknownItem
+from app.data import LAYOUTS, AtlasStore, UnknownAtlas, UnknownItem
 from app.queries.features import search
 from app.state import PANELS, Coloring, ViewState, parse_query, resolve
 from app import figures
@@ -381,7 +381,7 @@ def _controls(store: AtlasStore, st: ViewState) -> dict:
         "layer_options": [{"label": f"layer {L}", "value": L} for L in store.open(st.atlas).layer_ids],
         "layer": st.layer,
         "layout_options": [{"label": f" {x.upper()}", "value": x, "disabled": x not in layouts}
-                           for x in ("pca", "umap")],
+                           for x in LAYOUTS],
         "layout": st.layout,
         "coloring": kind, "affinity_options": [{"label": a, "value": a} for a in cooc], "affinity": aff,
         "k_options": [{"label": str(x), "value": x} for x in ks],
