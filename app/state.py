@@ -32,7 +32,17 @@ Panel = Literal["spectra", "lobes", "crystals"]
 PANELS: tuple[str, ...] = get_args(Panel)
 ColoringKind = Literal["lobe", "geometry", "freq", "subset"]
 COLORING_HINT = "use lobe:<affinity>:<k>, freq, subset or geometry:<k>"
-_COLORING = re.compile(r"(lobe(?::(" + "|".join(AFFINITIES) + r")(?::(\d{1,5}))?)?|freq|subset|geometry(?::(\d{1,5}))?)")
+_COLORING = re.compile(r"(lobe(?::(" + "|".join(AFFINITIES) + r")(?::(\d{1,5}))?)?"
+                       r"|freq|subset|geometry(?::(\d{1,5}))?)")
+
+
+def _coloring_parts(text: str) -> dict:
+    m = _COLORING.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(COLORING_HINT)
+    kind = text.split(":", 1)[0]
+    k = m[3] if kind == "lobe" else m[4]
+    return {"kind": kind, "affinity": m[2], "k": None if k is None else int(k)}
 
 
 class Coloring(BaseModel):
@@ -60,10 +70,9 @@ class Coloring(BaseModel):
 
     @model_validator(mode="after")
     def _well_formed(self) -> Coloring:
-        if (self.affinity is not None and self.kind != "lobe") or (self.kind == "lobe" and self.k is not None
-                                                                 and self.affinity is None) \
-                or (self.kind in ("freq", "subset") and self.k is not None):
-            raise ValueError(f"{self.kind} colouring with affinity={self.affinity}, k={self.k}: {COLORING_HINT}")
+        # one grammar for both spellings: parts are valid exactly when their text parses
+        if not _COLORING.fullmatch(str(self)):
+            raise ValueError(f"{str(self)[:60]!r}: {COLORING_HINT}")
         return self
 
     @model_serializer
@@ -82,15 +91,6 @@ class Coloring(BaseModel):
         if self.kind == "geometry" and self.k is not None:
             return "geometry", self.k
         return None
-
-
-def _coloring_parts(text: str) -> dict:
-    m = _COLORING.fullmatch(text) if isinstance(text, str) else None
-    if m is None:
-        raise ValueError(COLORING_HINT)
-    kind = text.split(":", 1)[0]
-    k = m[3] if kind == "lobe" else m[4]
-    return {"kind": kind, "affinity": m[2], "k": None if k is None else int(k)}
 
 
 class ViewState(BaseModel):

@@ -395,12 +395,14 @@ def test_atom_summary(client, root):
 @pytest.mark.parametrize("url, status, needle", [
     ("/api/atlases/nope/layers/0/features/1", 404, "no atlas named 'nope' (available: syn)"),
     ("/api/atlases/nope/spectra", 404, "no atlas named 'nope'"),
-    ("/api/atlases/syn/layers/0/features/600", 404, "layer 0 of atlas 'syn' has features 0..599; there is no feature 600"),
+    ("/api/atlases/syn/layers/0/features/600", 404,
+     "layer 0 of atlas 'syn' has features 0..599; there is no feature 600"),
     ("/api/atlases/syn/layers/7/atom", 404, "atlas 'syn' has no layer 7 (layers: 0, 1, 2)"),
     ("/api/atlases/syn/layers/1/points?layout=umap&k=3", 404, "no phi lobes with k=3 in layer 1 (computed: [2, 4])"),
     ("/api/atlases/syn/layers/1/export?features=2-1", 422, "features: '2-1' is outside 0..599"),
     ("/api/atlases/syn/layers/1/export?lobe=phi", 422, "lobe: 'phi' is not affinity:k:lobe"),
-    ("/api/atlases/syn/layers/1/figures/cloud.json?color=lobe:phi:3", 404, "color=lobe:phi:3: phi lobes with k=3 are not computed"),
+    ("/api/atlases/syn/layers/1/figures/cloud.json?color=lobe:phi:3", 404,
+     "color=lobe:phi:3: phi lobes with k=3 are not computed"),
     ("/api/atlases/syn/layers/1/figures/cloud.json?color=rainbow", 422, "color: 'rainbow'; use lobe:<affinity>:<k>"),
 ])
 def test_store_errors_become_status_codes_with_the_message(http, url, status, needle):

@@ -121,3 +121,12 @@ def test_a_colouring_is_parsed_once_into_its_parts(text, kind, affinity, k, lobe
 def test_malformed_colourings_are_refused(text):
     with pytest.raises(ValueError, match="use lobe:<affinity>:<k>"):
         Coloring.parse(text)
+
+
+@pytest.mark.parametrize("parts", [
+    {"kind": "freq", "k": 3}, {"kind": "lobe", "k": 3}, {"kind": "geometry", "affinity": "phi"},
+    {"kind": "lobe", "affinity": "cosine", "k": 3}, {"kind": "lobe", "affinity": "phi", "k": -1},
+])
+def test_a_colouring_built_from_parts_obeys_the_same_grammar(parts):
+    with pytest.raises(ValueError, match="use lobe:<affinity>:<k>"):
+        Coloring(**parts)

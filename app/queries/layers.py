@@ -106,6 +106,7 @@ def atom_summary(store: AtlasStore, atlas: str, layer: int, n_best: int = 15) ->
         out.n_faces = len(tab)
         if "kind" in tab:
             kinds = tab["kind"].astype(str)
-            out.n_parallelogram, out.n_trapezoid = int((kinds == "parallelogram").sum()), int((kinds == "trapezoid").sum())
+            out.n_parallelogram = int((kinds == "parallelogram").sum())
+            out.n_trapezoid = int((kinds == "trapezoid").sum())
         out.best = [crystal(i, r) for i, r in best_faces(tab, n_best).iterrows()]
     return out
