@@ -124,14 +124,21 @@ def test_sae_firing_sets_agree(run, sae):
     # firing is token-specific, not the same few features everywhere
     assert int(fa.any(0).sum()) >= sae.cfg.d_sae // 8
     jac = ((fa & fb).sum(1) / (fa | fb).sum(1)).numpy()
-    # the same measure between neighbouring tokens of one precision: what "different" looks like
-    nb = ((fa[1:] & fa[:-1]).sum(1) / (fa[1:] | fa[:-1]).sum(1)).numpy()
+    # The same measure between neighbouring tokens of one precision is what "different" looks
+    # like - on the token-specific features: Gemma's SAEs carry dense features that fire on
+    # most tokens (they track the few very large directions of its residual stream), which
+    # would make any two tokens look alike.
+    dense = fa.float().mean(0) > 0.5
+    sa, sb = fa[:, ~dense], fb[:, ~dense]
+    nb = ((sa[1:] & sa[:-1]).sum(1) / (sa[1:] | sa[:-1]).sum(1).clamp(min=1)).numpy()
+    js = ((sa & sb).sum(1) / (sa | sb).sum(1).clamp(min=1)).numpy()
     print(f"\n{run.name} {run.hook}: bf16 vs fp32 firing-set Jaccard over {len(jac)} tokens: "
-          f"mean {jac.mean():.3f}, 5th pct {np.percentile(jac, 5):.3f}, min {jac.min():.3f} "
+          f"mean {jac.mean():.3f}, 5th pct {np.percentile(jac, 5):.3f}, min {jac.min():.3f}; "
+          f"{int(dense.sum())} dense features; on the others {js.mean():.3f} "
           f"(neighbouring tokens: mean {nb.mean():.3f})")
     _, _, tol_mean, tol_p5 = TOL[run.name]
     assert jac.mean() >= tol_mean and np.percentile(jac, 5) >= tol_p5
-    assert nb.mean() < 0.5
+    assert js.mean() >= tol_mean - 0.05 and nb.mean() < 0.5
 
 
 def layer_stats(run, acts):
