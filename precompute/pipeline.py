@@ -51,11 +51,11 @@ PROFILES: dict[str, dict[str, Any]] = {
                  eval_tokens=4096, max_stored_blocks=2_000,
                  geometry_config=dict(ks=[2, 4, 8, 16], n_permutations=20, n_random=10,
                                       entropy_samples=512, entropy_bootstrap=5)),
-    # first run of `make demo`: within ten minutes on two CPU cores, SAE training included
     # first run of `make demo`: the SAEs shipped with the embedded model (trained once on 2M
     # tokens by `saegeo train-saes`), statistics over 512k tokens in 256-token blocks as
-    # published. Measured on two CPU cores: statistics 604 s, geometry 606 s (4,096 features,
-    # three layers) - about 20 minutes to the first page, twice the ten-minute aim
+    # published. Measured for SmolLM2 on two busy CPU cores: the atlas is written 410 s after
+    # the start (statistics at ~1.4k tokens/s), then the geometry adds about 4 minutes per
+    # layer (4,096 features) while the explorer already shows the atlas
     "demo": dict(saes=["embedded"], max_tokens=512_000, seq_len=1024, block_size=256, batch_size=8,
                  checkpoint_every=10, eval_tokens=65_536,
                  # k-means for k up to 1024 on 4,096 features alone takes longer than the
