@@ -75,7 +75,9 @@ def _ensure_synthetic(home: Path) -> Path:
 def serve(atlas_dir: Annotated[Path, typer.Option(help="Folder of atlases (or one atlas) to serve, read-only.")] = DEFAULT_HOME,
           host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
           port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8050,
-          synthetic: Annotated[bool, typer.Option("--synthetic", help="Serve a synthetic atlas (built on first use).")] = False):
+          synthetic: Annotated[bool, typer.Option("--synthetic", help="Serve a synthetic atlas (built on first use).")] = False,
+          workers: Annotated[int | None, typer.Option(min=1, max=64, help="Worker processes (default: one per core, "
+                                                      "at most 4); they share the memory-mapped atlases.")] = None):
     """Serve the explorer and the JSON API."""
     from app.server import serve as run
 
@@ -85,7 +87,7 @@ def serve(atlas_dir: Annotated[Path, typer.Option(help="Folder of atlases (or on
     if not atlas_dir.exists():
         _fail(f"atlas folder {atlas_dir} does not exist; build one with `saegeo precompute` or try `saegeo serve --synthetic`")
     typer.echo(f"saegeo explorer: http://{host}:{port}/  (atlases from {atlas_dir.resolve()})")
-    run(atlas_dir, host=host, port=port)
+    run(atlas_dir, host=host, port=port, workers=workers)
 
 
 @app.command()

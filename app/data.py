@@ -7,6 +7,15 @@ function of the opened atlas (numpy arrays, small dicts), cached per atlas; the 
 dropped when the atlas's manifest changes on disk (an atlas is replaced by renaming a new
 directory into place, see analysis/atlas.py).
 
+Under load (bench/bench_load.py) the store does the work of a request once per atlas, not
+once per request: the folder listing and the manifest's stamp are looked at again at most
+every ``recheck`` seconds (not on each of the ~30 lookups a feature card makes); the
+co-occurrence matrix (an uncompressed ``.npz``, 10^7 entries at 4,096 features) is
+memory-mapped in place instead of read into every process's memory; derived per-layer
+indexes (rows of a feature in a table, crystal faces of a feature) are built once; and
+``cached`` keeps finished answers (JSON bytes) by their immutable inputs in a bounded LRU
+(``max_cache_bytes``), so resident memory stays flat however long the server runs.
+
 Derived files may be missing (an atlas with raw statistics only): every accessor returns
 ``None`` or computes a cheap stand-in (neighbors from the decoder), never raises for that.
 
@@ -17,9 +26,11 @@ The store raises three errors, which the HTTP layer maps to status codes in one 
 from __future__ import annotations
 
 import json
-
 import re
 import threading
+import time
+import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -59,19 +70,153 @@ class _Entry:
     memo: dict[Any, Any] = field(default_factory=dict)
 
 
-class AtlasStore:
-    """The atlases directly inside ``root`` (or ``root`` itself when it is an atlas)."""
+class LRUBytes:
+    """A thread-safe LRU of byte strings bounded by their total size (and entry count)."""
 
-    def __init__(self, root: str | Path, verify: str = "checksum"):
+    def __init__(self, max_bytes: int = 64 * 2**20, max_items: int = 20_000):
+        self.max_bytes, self.max_items = max_bytes, max_items
+        self._d: OrderedDict[Any, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.bytes = 0
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def get(self, key: Any) -> bytes | None:
+        with self._lock:
+            v = self._d.get(key)
+            if v is None:
+                self.misses += 1
+                return None
+            self._d.move_to_end(key)
+            self.hits += 1
+            return v
+
+    def put(self, key: Any, value: bytes) -> None:
+        if len(value) > self.max_bytes // 4:
+            return   # one huge answer (an export of everything) would flush the rest
+        with self._lock:
+            old = self._d.pop(key, None)
+            if old is not None:
+                self.bytes -= len(old)
+            self._d[key] = value
+            self.bytes += len(value)
+            while self._d and (self.bytes > self.max_bytes or len(self._d) > self.max_items):
+                _, v = self._d.popitem(last=False)
+                self.bytes -= len(v)
+
+
+class MappedCSR:
+    """A CSR matrix of an uncompressed ``.npz`` whose three arrays are memory-mapped where
+    they lie in the file: nothing is read until a row is, and every process serving the atlas
+    shares the same pages of the page cache."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with zipfile.ZipFile(path) as z:
+            infos = {i.filename: i for i in z.infolist()}
+            if any(infos[f].compress_type != zipfile.ZIP_STORED for f in ("data.npy", "indices.npy", "indptr.npy")):
+                raise ValueError("compressed")
+            self.shape = tuple(int(x) for x in np.load(z.open("shape.npy")))
+            fmt = np.load(z.open("format.npy")).item()
+        if (fmt.decode() if isinstance(fmt, bytes) else str(fmt)) != "csr":
+            raise ValueError(fmt)
+        self.data, self.indices, self.indptr = (self._member(infos[f + ".npy"]) for f in ("data", "indices", "indptr"))
+        if len(self.indptr) != self.shape[0] + 1 or len(self.data) != len(self.indices):
+            raise ValueError("inconsistent")
+
+    def _member(self, info: zipfile.ZipInfo) -> np.ndarray:
+        with open(self.path, "rb") as fh:
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+            start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+            fh.seek(start)
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(fh)
+            offset = fh.tell()
+        if fortran or len(shape) != 1:
+            raise ValueError("unexpected layout")
+        return np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = int(self.indptr[i]), int(self.indptr[i + 1])
+        return np.asarray(self.indices[lo:hi]), np.asarray(self.data[lo:hi])
+
+    def diagonal(self) -> np.ndarray:
+        out = np.zeros(min(self.shape), dtype=np.float64)
+        for i in range(len(out)):
+            cols, vals = self.row(i)
+            hit = cols == i
+            if hit.any():
+                out[i] = vals[hit][0]
+        return out
+
+
+class _Rows:
+    """A scipy CSR matrix seen through MappedCSR's two methods."""
+
+    def __init__(self, m):
+        self.m, self.shape = m, m.shape
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        r = self.m.getrow(i)
+        return r.indices, r.data
+
+    def diagonal(self) -> np.ndarray:
+        return np.asarray(self.m.diagonal(), dtype=np.float64)
+
+
+class AtlasStore:
+    """The atlases directly inside ``root`` (or ``root`` itself when it is an atlas).
+
+    ``recheck``: seconds between looks at the folder and the manifests (a replaced atlas is
+    served at most that much later); ``max_cache_bytes``: the bound of the answers' cache."""
+
+    def __init__(self, root: str | Path, verify: str = "checksum", recheck: float = 1.0,
+                 max_cache_bytes: int = 64 * 2**20):
         self.root = Path(root).resolve()
         self.verify = verify
+        self.recheck = recheck
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.RLock()
+        self._paths: tuple[float, dict[str, Path]] | None = None
+        self._stamps: dict[str, tuple[float, int]] = {}
+        self.answers = LRUBytes(max_cache_bytes)
 
     # ------------------------------------------------------------------ atlases
 
     def paths(self) -> dict[str, Path]:
-        return {p.name: p for p in list_atlases(self.root) if valid_name(p.name)}
+        now = time.monotonic()
+        got = self._paths
+        if got is None or now - got[0] > self.recheck:
+            got = (now, {p.name: p for p in list_atlases(self.root) if valid_name(p.name)})
+            self._paths = got
+        return got[1]
+
+    def stamp(self, name: str) -> int:
+        """The manifest's modification time of atlas ``name`` (changes when it is replaced)."""
+        return self._entry(name).stamp
+
+    def peek(self, key: tuple) -> bytes | None:
+        """The cached answer for ``key`` when it is there and its atlas was looked at within
+        ``recheck`` seconds; touches no file (safe on an event loop). Otherwise None: ask
+        ``cached`` (from a worker thread)."""
+        seen = self._stamps.get(key[0]) if isinstance(key[0], str) else None
+        if seen is None or time.monotonic() - seen[0] > self.recheck:
+            return None
+        return self.answers.get((key, seen[1]))
+
+    def cached(self, key: tuple, compute) -> bytes:
+        """``compute()`` (bytes) for an answer that is a function of ``key`` and of the atlas
+        ``key[0]`` as it is now; kept in the bounded LRU ``answers``."""
+        full = (key, self.stamp(key[0]))
+        body = self.answers.get(full)
+        if body is None:
+            body = compute()
+            self.answers.put(full, body)
+        return body
 
     def names(self) -> list[str]:
         return sorted(self.paths())
@@ -103,15 +248,21 @@ class AtlasStore:
         if name not in paths:
             raise UnknownAtlas(f"no atlas named {name!r} (available: {', '.join(sorted(paths)) or 'none'})")
         path = paths[name]
+        now = time.monotonic()
+        seen = self._stamps.get(name)
+        if seen is not None and now - seen[0] <= self.recheck and name in self._entries:
+            return self._entries[name]
         try:
             stamp = (path / "manifest.json").stat().st_mtime_ns
         except OSError as e:
+            self._stamps.pop(name, None)
             raise AtlasError(f"{path}: cannot read the manifest ({e.strerror})") from None
         with self._lock:
             entry = self._entries.get(name)
             if entry is None or entry.stamp != stamp:
                 entry = _Entry(open_atlas(path, verify=self.verify), stamp)
                 self._entries[name] = entry
+            self._stamps[name] = (now, stamp)
             return entry
 
     def memo(self, name: str, key: Any, compute) -> Any:
@@ -299,11 +450,11 @@ class AtlasStore:
         rel = f"layers/{layer}/cooc.npz"
         if not atlas.has(rel):
             return None
-        C = atlas.sparse(rel)
-        diag = self.memo(name, ("cooc-diag", layer), lambda a: np.asarray(C.diagonal(), dtype=np.float64))
+        C = self.memo(name, ("cooc", layer), lambda a: csr_rows(a, rel))
+        diag = self.memo(name, ("cooc-diag", layer), lambda a: C.diagonal())
         T = float(atlas.manifest.layer(layer).n_blocks or 0)
-        row = C.getrow(feature)
-        cols, vals = row.indices, row.data.astype(np.float64)
+        cols, vals = C.row(feature)
+        vals = vals.astype(np.float64)
         keep = cols != feature
         cols, vals = cols[keep], vals[keep]
         if T > 0:
@@ -321,13 +472,38 @@ class AtlasStore:
         t = self.table(name, layer, "crystals.parquet")
         if t is None:
             return None
-        return t.reset_index(drop=True)
+        return self.memo(name, ("crystals", layer), lambda a: t.reset_index(drop=True))
+
+    def crystals_of(self, name: str, layer: int, feature: int):
+        """The rows of the crystals table with ``feature`` at a corner, in file order (indexed once)."""
+        tab = self.crystals(name, layer)
+        if tab is None:
+            return None
+
+        def compute(a: Atlas):
+            corners = np.stack([tab[c].to_numpy(np.int64) for c in "abcd"], 1) if len(tab) else np.zeros((0, 4), int)
+            by: dict[int, list[int]] = {}
+            for i, row in enumerate(corners):
+                for f in set(row.tolist()):
+                    by.setdefault(f, []).append(i)
+            return by
+
+        rows = self.memo(name, ("crystals-of", layer), compute).get(feature, [])
+        return tab.iloc[rows]
 
 
 def readable_token(t) -> str:
     """A token as a short visible label: whitespace markers and newlines shown, ends trimmed."""
     t = str(t).replace("Ġ", " ").replace("▁", " ").replace("\n", "⏎").replace("\t", "⇥")
     return t.strip() or "␣"
+
+
+def csr_rows(atlas: Atlas, rel: str):
+    """A co-occurrence matrix by rows: memory-mapped in place when stored uncompressed."""
+    try:
+        return MappedCSR(atlas.path / rel)
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile):
+        return _Rows(atlas.sparse(rel))
 
 
 def _unit_rows(W: np.ndarray) -> np.ndarray:

@@ -6,10 +6,18 @@
 The Dash app is a Flask (WSGI) application; it is mounted inside the FastAPI (ASGI) app
 through a2wsgi's ``WSGIMiddleware``. The server serves the atlases found directly inside
 ``atlas_dir`` read-only and nothing else. It never imports torch.
+
+``serve(..., workers=N)`` runs N worker processes (uvicorn's supervisor) listening on the
+same socket: Python runs one thread at a time per process, so one process uses one core
+however many requests wait. Each worker opens the atlases itself; their arrays are
+memory-mapped, so the workers share one copy of them in the page cache. The default,
+``default_workers()``, is one per core up to 4.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 from pathlib import Path
 
 from a2wsgi import WSGIMiddleware
@@ -42,12 +50,50 @@ def create_app(atlas_dir: Path, banner: str | None = None, verify: str = "checks
     return app
 
 
+def default_workers() -> int:
+    """One worker process per core this process may use, at least 1 and at most 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+_ENV = {"atlas_dir": "SAEGEO_SERVE_ATLAS_DIR", "banner": "SAEGEO_SERVE_BANNER"}
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker process: ``serve`` hands the settings over in the environment
+    (uvicorn starts workers from an import string, not from an app object)."""
+    return create_app(Path(os.environ[_ENV["atlas_dir"]]), banner=os.environ.get(_ENV["banner"]) or None)
+
+
 def serve(atlas_dir: Path, host: str = "127.0.0.1", port: int = 8050, banner: str | None = None,
-          log_level: str = "info") -> None:
-    """Serve ``atlas_dir`` with uvicorn until interrupted."""
+          log_level: str = "info", workers: int | None = None) -> None:
+    """Serve ``atlas_dir`` with uvicorn until interrupted, in ``workers`` processes
+    (default: ``default_workers()``; 1 serves from this very process)."""
     import uvicorn
 
-    uvicorn.run(create_app(Path(atlas_dir), banner=banner), host=host, port=port, log_level=log_level)
+    workers = default_workers() if workers is None else max(1, int(workers))
+    if workers == 1:
+        uvicorn.run(create_app(Path(atlas_dir), banner=banner), host=host, port=port, log_level=log_level)
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ[_ENV["atlas_dir"]] = str(Path(atlas_dir).resolve())
+    os.environ[_ENV["banner"]] = banner or ""
+    config = uvicorn.Config("app.server:app_from_env", factory=True, host=host, port=port, log_level=log_level,
+                            workers=workers)
+    sock = config.bind_socket()
+    # uvicorn binds the shared socket without naming the protocol, so asyncio does not set
+    # TCP_NODELAY on the connections it accepts: every answer on a kept-alive connection then
+    # waits ~40 ms for the client's delayed ACK (Nagle). Accepted sockets inherit it from here.
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    except KeyboardInterrupt:
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,8 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=8050)
     p.add_argument("--banner", default=None)
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--workers", type=int, default=None,
+                   help=f"worker processes (default: one per core, at most 4; here {default_workers()})")
     a = p.parse_args(argv)
-    serve(a.atlas_dir, a.host, a.port, banner=a.banner, log_level=a.log_level)
+    serve(a.atlas_dir, a.host, a.port, banner=a.banner, log_level=a.log_level, workers=a.workers)
 
 
 if __name__ == "__main__":

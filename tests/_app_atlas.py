@@ -127,10 +127,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(root: Path, banner: str | None = None):
-    """A real uvicorn process serving ``root`` on a free port; returns (process, base url)."""
+def start_server(root: Path, banner: str | None = None, extra: list[str] = ()):
+    """A real uvicorn process serving ``root`` on a free port; returns (process, base url).
+    ``extra``: more arguments of app.server (``["--workers", "2"]``)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "app.server", str(root), "--port", str(port)]
+    cmd = [sys.executable, "-m", "app.server", str(root), "--port", str(port), *extra]
     if banner:
         cmd += ["--banner", banner]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import Store
+from app.api.deps import Store, cached_json
 from app.api.errors import RESPONSES
 from app.data import Affinity, Layout
 from app.models import AtomSummary, Crystal, Lobes, Points
@@ -15,15 +15,16 @@ router = APIRouter(prefix="/atlases/{atlas}/layers/{layer}", tags=["layers"], re
 
 
 @router.get("/points", summary="3-D coordinates, firing frequency and lobe labels of every feature")
-def points(store: Store, atlas: str, layer: int, layout: Layout = "pca", affinity: Affinity = "phi",
+async def points(store: Store, atlas: str, layer: int, layout: Layout = "pca", affinity: Affinity = "phi",
            k: Annotated[int | None, Query(ge=1, description="lobe count; default: the smallest computed")] = None
            ) -> Points:
-    return queries.points(store, atlas, layer, layout, affinity, k)
+    return await cached_json(store, (atlas, "points", layer, layout, affinity, k),
+                             lambda: queries.points(store, atlas, layer, layout, affinity, k))
 
 
 @router.get("/lobes", summary="Lobes at one (affinity, k)")
-def lobes(store: Store, atlas: str, layer: int, k: Annotated[int, Query(ge=1)], affinity: Affinity = "phi") -> Lobes:
-    return queries.lobes(store, atlas, layer, affinity, k)
+async def lobes(store: Store, atlas: str, layer: int, k: Annotated[int, Query(ge=1)], affinity: Affinity = "phi") -> Lobes:
+    return await cached_json(store, (atlas, "lobes", layer, affinity, k), lambda: queries.lobes(store, atlas, layer, affinity, k))
 
 
 @router.get("/crystals", summary="Crystal faces (parallelograms, trapezoids) with their quality")

@@ -60,6 +60,13 @@ def selection_table(store: AtlasStore, atlas: str, layer: int, features: np.ndar
     return pd.DataFrame(cols)
 
 
+def file_name(atlas: str, layer: int, lobe: str, format: str) -> str:
+    """The download's name: ``<atlas>-layer<L>-features.csv`` or ``...-lobe-phi-8-3.csv``."""
+    lobe = lobe.strip()
+    what = "lobe-" + lobe.replace(":", "-") if lobe else "features"
+    return f"{atlas}-layer{layer}-{what}.{format}"
+
+
 def export(store: AtlasStore, atlas: str, layer: int, features: str = "", lobe: str = "",
            format: Format = "csv", layout: str = "pca") -> tuple[bytes | str, str]:
     """The file for a selection (``features`` ids and ranges, or a ``lobe``; neither: every
@@ -73,8 +80,7 @@ def export(store: AtlasStore, atlas: str, layer: int, features: str = "", lobe: 
     else:
         sel = parse_features(features, n) if features else np.arange(n)
     df = selection_table(store, atlas, layer, sel, layout)
-    what = "lobe-" + lobe.replace(":", "-") if lobe else "features"
-    name = f"{atlas}-layer{layer}-{what}.{format}"
+    name = file_name(atlas, layer, lobe, format)
     if format == "csv":
         return df.to_csv(index=False), name
     buf = io.BytesIO()

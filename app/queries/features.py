@@ -33,9 +33,8 @@ def feature_card(store: AtlasStore, atlas: str, layer: int, feature: int, k: int
         hist = Histogram(edges=np.asarray(a.array(f"layers/{layer}/act_hist_edges.npy"), float).tolist(),
                          counts=np.asarray(a.array(f"layers/{layer}/act_hist.npy")[feature]).tolist())
     crystals = None
-    tab = store.crystals(atlas, layer)
-    if tab is not None:
-        hit = tab[(tab["a"] == feature) | (tab["b"] == feature) | (tab["c"] == feature) | (tab["d"] == feature)]
+    hit = store.crystals_of(atlas, layer, feature)
+    if hit is not None:
         crystals = [crystal(i, r) for i, r in hit.head(20).iterrows()]
     lobes = [LobeOf(affinity=aff, k=kk, lobe=int(store.lobes(atlas, layer, aff, kk)[feature]))
              for aff, ks in store.lobe_options(atlas, layer).items() for kk in ks]

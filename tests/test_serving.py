@@ -1,0 +1,154 @@
+"""Serving under load, without timing anything: the answers' cache, the memory-mapped
+co-occurrence matrix, the store's re-check of a replaced atlas, several worker processes."""
+from __future__ import annotations
+
+import os
+import time
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+import scipy.sparse as sp
+from fastapi.testclient import TestClient
+
+from _app_atlas import app_atlas_root, start_server
+from app.data import AtlasStore, LRUBytes, MappedCSR, csr_rows
+from app.server import create_app, default_workers
+from app.queries import features
+
+
+@pytest.fixture(scope="module")
+def root(request, tmp_path_factory):
+    return app_atlas_root(request, tmp_path_factory)
+
+
+def test_lru_keeps_the_recent_answers_within_its_byte_bound():
+    c = LRUBytes(max_bytes=1000, max_items=100)
+    for i in range(10):
+        c.put(i, bytes(200))
+    assert c.bytes <= 1000 and len(c) == 5
+    assert c.get(0) is None and c.get(9) == bytes(200)
+    c.get(5)                       # used: survives the next insertions
+    c.put(10, bytes(200))
+    c.put(11, bytes(200))
+    assert c.get(5) is not None and c.get(6) is None
+    c.put("huge", bytes(600))      # over a quarter of the bound: not kept, nothing evicted for it
+    assert c.get("huge") is None and c.bytes <= 1000
+    small = LRUBytes(max_bytes=10**6, max_items=3)
+    for i in range(5):
+        small.put(i, b"x")
+    assert len(small) == 3 and small.get(1) is None
+
+
+def test_mapped_csr_reads_the_rows_and_diagonal_of_an_uncompressed_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    m = sp.random(50, 50, density=0.2, random_state=1, format="csr", dtype=np.float64)
+    m = (m + sp.diags(rng.integers(1, 9, 50).astype(float))).tocsr()
+    sp.save_npz(tmp_path / "c.npz", m, compressed=False)
+    mc = MappedCSR(tmp_path / "c.npz")
+    assert mc.shape == (50, 50) and isinstance(mc.data, np.memmap)
+    for i in (0, 7, 49):
+        cols, vals = mc.row(i)
+        assert np.array_equal(cols, m.getrow(i).indices) and np.array_equal(vals, m.getrow(i).data)
+    assert np.array_equal(mc.diagonal(), m.diagonal())
+    # a compressed file cannot be mapped: it is read into memory, with the same two methods
+    sp.save_npz(tmp_path / "z.npz", m, compressed=True)
+    with pytest.raises(ValueError):
+        MappedCSR(tmp_path / "z.npz")
+
+    class A:
+        path = tmp_path
+
+        def sparse(self, rel):
+            return sp.load_npz(tmp_path / rel).tocsr()
+
+    rows = csr_rows(A(), "z.npz")
+    assert np.array_equal(rows.row(7)[0], m.getrow(7).indices) and np.array_equal(rows.diagonal(), m.diagonal())
+
+
+def test_the_store_maps_the_atlas_cooccurrences_and_gives_the_same_partners(root):
+    store = AtlasStore(root)
+    partners = store.cooc_partners("syn", 1, 5)
+    assert isinstance(store.memo("syn", ("cooc", 1), None), MappedCSR)
+    C = store.open("syn").sparse("layers/1/cooc.npz")      # the whole matrix, as before
+    blocks = {p["feature"]: p["blocks"] for p in partners}
+    assert blocks and all(C[5, f] == b for f, b in blocks.items())
+
+
+def test_crystals_of_a_feature_are_the_rows_with_it_at_a_corner(root):
+    store = AtlasStore(root)
+    tab = store.crystals("syn", 0)
+    for f in set(tab["a"].head(5)) | {0, 1}:
+        want = tab[(tab["a"] == f) | (tab["b"] == f) | (tab["c"] == f) | (tab["d"] == f)]
+        assert store.crystals_of("syn", 0, f).index.tolist() == want.index.tolist()
+
+
+def test_cached_answers_are_the_same_bytes_and_a_replaced_atlas_is_not_answered_from_the_cache(root):
+    store = AtlasStore(root, recheck=0.0)
+    calls = []
+
+    def make():
+        calls.append(1)
+        return features.feature_card(store, "syn", 0, 3).model_dump_json().encode()
+
+    a = store.cached(("syn", "card", 0, 3), make)
+    b = store.cached(("syn", "card", 0, 3), make)
+    assert a == b and len(calls) == 1 and store.answers.hits == 1
+    manifest = root / "syn" / "manifest.json"
+    st = manifest.stat()
+    try:
+        os.utime(manifest, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))   # "replaced"
+        c = store.cached(("syn", "card", 0, 3), make)
+        assert c == a and len(calls) == 2
+    finally:
+        os.utime(manifest, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_the_api_answers_repeated_requests_from_the_cache_with_identical_bodies(root):
+    app = create_app(root)
+    c = TestClient(app)
+    store = app.state.store
+    for url in ("/api/atlases/syn/layers/0/features/11", "/api/atlases/syn/layers/1/points?k=4",
+                "/api/atlases/syn/layers/0/lobes?k=2", "/api/atlases/syn/layers/0/search?q=def",
+                "/api/atlases/syn/layers/0/export?lobe=phi:4:1"):
+        hits = store.answers.hits
+        first, second = c.get(url), c.get(url)
+        assert first.status_code == second.status_code == 200, url
+        assert first.content == second.content and store.answers.hits == hits + 1, url
+        assert first.headers["content-type"] == second.headers["content-type"]
+    card = c.get("/api/atlases/syn/layers/0/features/11").json()
+    assert card["feature"] == 11 and card["neighbors"] and card["contexts"]
+    # errors are answered, and never cached
+    assert c.get("/api/atlases/syn/layers/0/features/99999").status_code == 404
+    assert c.get("/api/atlases/syn/layers/0/features/99999").status_code == 404
+    assert c.get("/api/atlases/nope/layers/0/features/1").status_code == 404
+
+
+def test_several_worker_processes_serve_the_same_answers(root):
+    urls = ["/api/atlases/syn/layers/0/features/11", "/api/atlases/syn/layers/2/points?layout=umap&k=2",
+            "/api/atlases/syn/layers/1/lobes?k=4&affinity=geometry", "/api/atlases/syn/layers/0/export?features=1-9",
+            "/api/atlases"]
+    want = {u: TestClient(create_app(root)).get(u).content for u in urls}
+    proc, base = start_server(root, extra=["--workers", "2"])
+    try:
+        deadline = time.time() + 60
+        workers = []
+        while len(workers) < 2 and time.time() < deadline:   # the supervisor starts them
+            workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                       if "multiprocessing.spawn" in " ".join(p.cmdline())]
+            time.sleep(0.2)
+        assert len(workers) == 2
+        for _ in range(12):   # fresh connections land on either worker
+            with httpx.Client(base_url=base, timeout=30) as c:
+                for u in urls:
+                    r = c.get(u)
+                    assert r.status_code == 200 and r.content == want[u], u
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)
+
+
+def test_default_workers_is_one_per_core_up_to_four():
+    assert 1 <= default_workers() <= 4
