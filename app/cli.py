@@ -235,6 +235,10 @@ def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")
             server.kill()
             _fail(f"the explorer could not start on {host}:{port} (see the messages above; another port: --port)")
         time.sleep(0.3)
+    import signal
+
+    # `kill` as well as Ctrl-C stops the explorer too (the finally below), never orphaning it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         os.nice(5)   # the builds yield to the explorer's requests
     except (AttributeError, OSError):

