@@ -1,4 +1,4 @@
-"""Brain scale: functional lobes of the SAE point cloud (METHODS.md section 1, P1).
+"""Brain scale: functional lobes of the SAE point cloud (METHODS 1 in docs/methods.md, P1).
 
 Pipeline: block co-occurrence counts ``C`` (and ``T`` blocks) -> five co-occurrence
 affinities; decoder rows -> geometry affinity; spectral clustering of each affinity for a

@@ -1,4 +1,4 @@
-"""Galaxy scale: the shape of the SAE point cloud (METHODS.md section 3, P1).
+"""Galaxy scale: the shape of the SAE point cloud (METHODS 3 in docs/methods.md, P1).
 
 Eigenvalue spectrum of the decoder covariance and its power-law fit, an isotropic Gaussian
 baseline, the clustering entropy (Kozachenko-Leonenko nearest-neighbour estimate) and the

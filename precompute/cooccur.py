@@ -1,4 +1,4 @@
-"""Per-layer SAE feature statistics for the atlas (METHODS section 1), accumulated batch by batch.
+"""Per-layer SAE feature statistics for the atlas (METHODS 1 in docs/methods.md), accumulated batch by batch.
 
 Usage (one object per layer)::
 

@@ -1,4 +1,4 @@
-"""The precompute pipeline: model + corpus + SAEs -> an atlas of raw statistics (METHODS 1-2).
+"""The precompute pipeline: model + corpus + SAEs -> an atlas of raw statistics (METHODS 1-2 in docs/methods.md).
 
 ``run_precompute(PrecomputeConfig(...))`` runs, in order (each stage checkpointed into the
 work directory ``<out>.partial/`` so ``resume=True`` continues after any interruption,
