@@ -83,6 +83,24 @@ class LayerInfo(BaseModel):
     computed: list[str] = Field(default_factory=list)
 
 
+class LatentInfo(BaseModel):
+    """The latent-geometry capture (precompute.latent; docs/atlas.md, "Latent geometry")."""
+
+    captures: list[str]            # capture slots: row order of norms.npy, pca_global.npy, vectors.npy
+    tensors: dict[str, str] = Field(default_factory=dict)  # capture kind -> exact tensor in this architecture
+    n_docs: int
+    n_positions: int               # positions per document, BOS (when bos) included
+    bos: bool = True
+    n_tokens: int = 0              # captured positions (padding excluded)
+    sample_tokens: int             # tokens whose coordinates are stored (positions >= 1)
+    umap_tokens: int = 0           # leading sample tokens with UMAP coordinates
+    vector_tokens: int = 0         # leading sample tokens with stored vectors
+    n_components: int = 3
+    budget_bytes: int = 0
+    bytes: int = 0                 # latent/ on disk
+    requested: dict[str, Any] = Field(default_factory=dict)  # the LatentConfig as asked (profile unresolved)
+
+
 class FileInfo(BaseModel):
     kind: Literal["npy", "npz", "parquet", "json", "other"]
     sha256: str
@@ -100,6 +118,7 @@ class Manifest(BaseModel):
     corpus: CorpusInfo
     layers: list[LayerInfo]
     configs: dict[str, Any] = Field(default_factory=dict)
+    latent: LatentInfo | None = None
     software: dict[str, str] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
     files: dict[str, FileInfo] = Field(default_factory=dict)
@@ -360,12 +379,52 @@ def _problems(path: Path, verify: str) -> tuple[list[str], Manifest | None]:
                 continue
         if verify == "checksum" and _sha256(f) != info.sha256:
             problems.append(f"{f}: checksum mismatch (the file changed after the atlas was written)")
+    problems += _latent_problems(path, manifest)
     known = {i.layer for i in manifest.layers}
     for rel in manifest.files:
         parts = Path(rel).parts
         if parts[0] == "layers" and len(parts) > 1 and parts[1].lstrip("-").isdigit() and int(parts[1]) not in known:
             problems.append(f"{path / rel}: belongs to layer {parts[1]}, which the manifest does not list")
     return problems, manifest
+
+
+def latent_shapes(manifest: Manifest) -> dict[str, list[int] | None]:
+    """The files of the latent section and their array shapes (None: not an array), as
+    docs/atlas.md lists them; empty when the atlas has no latent capture."""
+    lat = manifest.latent
+    if lat is None:
+        return {}
+    K, D, T, S = len(lat.captures), lat.n_docs, lat.n_positions, lat.sample_tokens
+    n, d, c = manifest.model.n_layers, manifest.model.d_model, lat.n_components
+    out: dict[str, list[int] | None] = {
+        "latent/latent.json": None, "latent/docs.parquet": None,
+        "latent/tokens.npy": [D, T], "latent/norms.npy": [K, D, T], "latent/sample.npy": [S, 2],
+        "latent/pca_layer.npy": [n, 5, S, c], "latent/components_layer.npy": [n, c, d],
+        "latent/pca_global.npy": [K, S, c], "latent/components_global.npy": [c, d],
+        "latent/position_pca.npy": [n + 1, T, c]}
+    if lat.umap_tokens:
+        out["latent/umap_layer.npy"] = [n, 5, lat.umap_tokens, 3]
+    if lat.vector_tokens:
+        out["latent/vectors.npy"] = [K, lat.vector_tokens, d]
+    return out
+
+
+def _latent_problems(path: Path, manifest: Manifest) -> list[str]:
+    lat = manifest.latent
+    if lat is None:
+        return []
+    n = manifest.model.n_layers
+    if len(lat.captures) != 4 * n + 2:
+        return [f"{path / MANIFEST}: latent.captures lists {len(lat.captures)} captures, a {n}-layer model has "
+                f"{4 * n + 2} (embedding, 4 per block, final norm)"]
+    problems = []
+    for rel, shape in latent_shapes(manifest).items():
+        info = manifest.files.get(rel)
+        if info is None:
+            problems.append(f"{path / rel}: missing from the manifest's files, but its latent section needs it")
+        elif shape is not None and info.shape != shape:
+            problems.append(f"{path / rel}: shape {info.shape}, the latent section implies {shape}")
+    return problems
 
 
 def validate(path: str | os.PathLike, verify: str = "checksum") -> list[str]:
