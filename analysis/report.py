@@ -3,8 +3,11 @@
 ``build_report(atlas)`` collects from the derived files (analysis.stage): AMI and z per
 affinity and k, regression accuracy and z, the power-law alpha per layer with its 95 %
 interval, the clustering entropy per layer, the LDA silhouette per dimension, and the
-lobe-to-corpus-subset tables. ``format_report`` prints them as tables in the style of the
-published figures; ``write_figures`` draws them with matplotlib.
+lobe-to-corpus-subset tables; and, when the atlas holds a latent capture (METHODS 4), per
+layer the attention-versus-MLP separation with its shuffle baselines, the norms of every
+capture kind, the position-0 ratio and the positional structure. ``format_report`` prints
+them as tables in the style of the published figures; ``write_figures`` draws them with
+matplotlib.
 """
 from __future__ import annotations
 
@@ -71,7 +74,43 @@ def build_report(atlas) -> dict:
                                  "trapezoids": int(kinds.get("trapezoid", 0)), "min_cos": cs.get("min_cos"),
                                  "baseline_faces": cb["faces_mean"], "baseline_match": cb["match"]}
         out["layers"][str(L)] = entry
+    if atlas.manifest.latent is not None:
+        out["latent"] = latent_report(atlas)
     return out
+
+
+def latent_report(atlas) -> dict:
+    """The latent section (``latent/latent.json``) arranged per layer: separation raw and
+    unit-normalised with shuffle baselines, median norm per capture kind (positions >= 1),
+    position-0 ratio per kind, helix score and early tail of the residual stream."""
+    from analysis.latent import KINDS, slot_of
+
+    atlas = _open(atlas)
+    lat, js = atlas.manifest.latent, atlas.json("latent/latent.json")
+    n = atlas.manifest.model.n_layers
+    names = lat.captures
+    pos = {p["capture"]: p for p in js["positional"]}
+
+    def norms(k):
+        return js["norms"][names[k]]
+
+    layers = []
+    for L in range(n):
+        slots = {kind: slot_of(n, L, kind) for kind in KINDS}
+        post = pos.get(names[slots["resid_post"]], {})
+        layers.append({
+            "layer": L, "separation": js["separation"][L],
+            "median_norm": {kind: norms(k)["median"] for kind, k in slots.items()},
+            "pos0_ratio": {kind: norms(k)["pos0_ratio"] for kind, k in slots.items()},
+            "pos0_norm": {kind: norms(k)["pos0"] for kind, k in slots.items()},
+            "helix": (post.get("helix") or {}).get("score"), "tail": post.get("tail"),
+            "pca_explained_variance_ratio": js["pca_layer_explained_variance_ratio"][L]})
+    return {"n_docs": lat.n_docs, "n_positions": lat.n_positions, "bos": lat.bos, "n_tokens": lat.n_tokens,
+            "separation_tokens": js["separation_tokens"], "bytes": lat.bytes, "bytes_per_token": lat.bytes / lat.n_tokens,
+            "embed": norms(slot_of(n, 0, "embed")), "final_norm": norms(slot_of(n, 0, "final_norm")),
+            "embed_helix": (pos.get(names[0], {}).get("helix") or {}).get("score"),
+            "learned_position_embedding": js.get("learned_position_embedding"),
+            "tensors": lat.tensors, "layers": layers}
 
 
 def _f(x, fmt="{:.3f}") -> str:
@@ -135,7 +174,50 @@ def format_report(report: dict) -> str:
                       f"  silhouette of task clusters (raw differences {_f(a['raw_silhouette'])})",
                       "  LDA dims: " + " ".join(f"{d:>6}" for d in a["dims"]),
                       "  silhouette: " + " ".join(f"{_f(s):>6}" for s in a["silhouette"]), ""]
+    if "latent" in report:
+        lines += format_latent(report["latent"])
     return "\n".join(lines)
+
+
+def format_latent(lat: dict) -> list[str]:
+    """Plain-text tables of ``latent_report``."""
+    bos = "BOS first" if lat["bos"] else "no BOS"
+    lines = [f"Latent geometry (Ning & Rangaraju, arXiv 2511.21594): {lat['n_docs']} documents x "
+             f"{lat['n_positions']} positions ({bos}), {lat['n_tokens']} tokens; "
+             f"{lat['bytes'] / 2**20:.1f} MB on disk ({lat['bytes_per_token']:.0f} bytes per token)", "",
+             f"Attention vs MLP outputs per layer ({lat['separation_tokens']} tokens each): cross-validated linear "
+             f"accuracy and silhouette, label-shuffled baseline in brackets",
+             f"{'layer':>5} {'accuracy raw':>16} {'silhouette raw':>17} {'accuracy unit':>16} {'silhouette unit':>17}"]
+    for e in lat["layers"]:
+        r, u = e["separation"]["raw"], e["separation"]["unit"]
+        lines.append(f"{e['layer']:>5} {r['accuracy']:>7.3f} ({r['accuracy_shuffled']:.3f}) "
+                     f"{r['silhouette']:>7.3f} ({r['silhouette_shuffled']:>6.3f}) "
+                     f"{u['accuracy']:>7.3f} ({u['accuracy_shuffled']:.3f}) "
+                     f"{u['silhouette']:>7.3f} ({u['silhouette_shuffled']:>6.3f})")
+    kinds = list(lat["layers"][0]["median_norm"])
+    lines += ["", "Median norm per capture (positions >= 1) and position-0 ratio (norm at position 0 / median of "
+                  "the others)",
+              f"{'layer':>5} " + " ".join(f"{k:>10}" for k in kinds) + "   pos0 ratio: "
+              + " ".join(f"{k:>10}" for k in ("resid_post", "attn_out", "mlp_out"))]
+    e0 = lat["embed"]
+    lines.append(f"{'embed':>5} {e0['median']:>10.2f}" + " " * (11 * (len(kinds) - 1)) + f"   {'':>12}{e0['pos0_ratio']:>10.1f}")
+    for e in lat["layers"]:
+        lines.append(f"{e['layer']:>5} " + " ".join(f"{e['median_norm'][k]:>10.2f}" for k in kinds) + "   "
+                     + f"{'':>12}" + " ".join(f"{e['pos0_ratio'][k]:>10.1f}" for k in ("resid_post", "attn_out", "mlp_out")))
+    f = lat["final_norm"]
+    lines += [f"final norm: median {f['median']:.2f}, position-0 ratio {f['pos0_ratio']:.1f}", "",
+              "Positional structure of the residual stream (per-position means, positions >= 1): helix score "
+              "over the first six PCs (1 = helix, ~0 = none) and the early-position tail",
+              f"{'layer':>5} {'helix':>7} {'tail ends':>10} {'tail PR':>8} {'tail top-2':>10}"]
+    for e in lat["layers"]:
+        t = e["tail"] or {}
+        lines.append(f"{e['layer']:>5} {_f(e['helix']):>7} {t.get('entry_position', '-'):>10} "
+                     f"{_f(t.get('participation_ratio'), '{:.2f}'):>8} {_f(t.get('top2_fraction'), '{:.2f}'):>10}")
+    if lat.get("learned_position_embedding"):
+        lp = lat["learned_position_embedding"]
+        lines.append(f"learned position embedding {lp['module']}: helix score {lp['helix']['score']:.3f}")
+    lines.append("")
+    return lines
 
 
 def write_figures(report_or_atlas, out_dir) -> list[Path]:
@@ -164,7 +246,7 @@ def write_figures(report_or_atlas, out_dir) -> list[Path]:
         plt.close(fig)
         written.append(p)
 
-    if atlas is not None:
+    if atlas is not None and any(atlas.has(f"layers/{L}/spectrum.npy") for L in layers):
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for L, e in layers.items():
             if not atlas.has(f"layers/{L}/spectrum.npy"):
@@ -224,4 +306,71 @@ def write_figures(report_or_atlas, out_dir) -> list[Path]:
         ax.set(xlabel="LDA dimensions", ylabel="silhouette", title="Task clusters after LDA (dotted: raw)")
         ax.legend()
         save(fig, "silhouette_vs_lda_dim.png")
+    if atlas is not None and "latent" in report:
+        _latent_figures(atlas, report["latent"], plt, save)
     return written
+
+
+KIND_COLORS = {"resid_pre": "#1f77b4", "attn_out": "#d62728", "resid_mid": "#9467bd", "mlp_out": "#2ca02c",
+               "resid_post": "#ff7f0e"}
+
+
+def _latent_figures(atlas, lat: dict, plt, save) -> None:
+    """Norms vs layer, position-0 ratio, norm vs position, separation vs layer, and PCA /
+    UMAP pictures of three layers coloured by capture kind."""
+    from analysis.latent import KINDS, norms_by_position, slot_of
+
+    layers = lat["layers"]
+    xs = [e["layer"] for e in layers]
+    n = len(layers)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for k in KINDS:
+        a1.semilogy(xs, [e["median_norm"][k] for e in layers], marker=".", color=KIND_COLORS[k], label=k)
+    a1.semilogy(xs, [e["pos0_norm"]["resid_post"] for e in layers], "--", color=KIND_COLORS["resid_post"],
+                label="resid_post, position 0")
+    a1.set(xlabel="layer", ylabel="median norm", title="Norms per layer (positions >= 1)")
+    a1.legend(fontsize=7)
+    for k in ("resid_post", "attn_out", "mlp_out"):
+        a2.semilogy(xs, [e["pos0_ratio"][k] for e in layers], marker=".", color=KIND_COLORS[k], label=k)
+    a2.axhline(1, color="k", lw=0.5)
+    a2.set(xlabel="layer", ylabel="norm at position 0 / median of others", title="Position-0 ratio")
+    a2.legend(fontsize=7)
+    save(fig, "latent_norms.png")
+
+    norms = np.asarray(atlas.array("latent/norms.npy"))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for L in sorted({0, n // 4, n // 2, 3 * n // 4, n - 1}):
+        med = norms_by_position(norms[slot_of(n, L, "resid_post")])
+        ax.loglog(np.arange(1, len(med)), med[1:], lw=1, label=f"layer {L}")
+        ax.plot([1], [med[0]], "o", color=ax.lines[-1].get_color())
+    ax.set(xlabel="position (dot: position 0, drawn at 1)", ylabel="median norm", title="Residual norm vs position")
+    ax.legend(fontsize=7)
+    save(fig, "latent_norm_vs_position.png")
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for part, style in (("raw", "-"), ("unit", "--")):
+        a1.plot(xs, [e["separation"][part]["accuracy"] for e in layers], style, marker=".", label=part)
+        a1.plot(xs, [e["separation"][part]["accuracy_shuffled"] for e in layers], style, color="grey",
+                label=f"{part}, shuffled")
+        a2.plot(xs, [e["separation"][part]["silhouette"] for e in layers], style, marker=".", label=part)
+        a2.plot(xs, [e["separation"][part]["silhouette_shuffled"] for e in layers], style, color="grey",
+                label=f"{part}, shuffled")
+    a1.set(xlabel="layer", ylabel="cross-validated accuracy", title="Attention vs MLP outputs: linear accuracy")
+    a2.set(xlabel="layer", ylabel="silhouette", title="Attention vs MLP outputs: silhouette")
+    a1.legend(fontsize=7)
+    a2.legend(fontsize=7)
+    save(fig, "latent_separation.png")
+
+    pick = sorted({1, n // 2, n - 2}) if n > 2 else list(range(n))
+    views = [("pca", "latent/pca_layer.npy", "uncentred PCA")]
+    if atlas.has("latent/umap_layer.npy"):
+        views.append(("umap", "latent/umap_layer.npy", "cosine UMAP"))
+    for key, rel, title in views:
+        coords = np.asarray(atlas.array(rel))
+        fig, axes = plt.subplots(1, len(pick), figsize=(4 * len(pick), 3.8), squeeze=False)
+        for ax, L in zip(axes[0], pick):
+            for j, k in enumerate(KINDS):
+                ax.scatter(coords[L, j, :, 0], coords[L, j, :, 1], s=3, alpha=0.5, color=KIND_COLORS[k], label=k)
+            ax.set(title=f"layer {L}: {title}", xlabel="1", ylabel="2")
+        axes[0][0].legend(fontsize=7, markerscale=3)
+        save(fig, f"latent_{key}_layers.png")

@@ -104,6 +104,7 @@ def precompute(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")] = False,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing atlas at --out.")] = False,
+    latent: Annotated[Optional[bool], typer.Option("--latent/--no-latent", help="Also capture the layer-wise latent geometry (raw activations of every layer; default: on in the demo profile).")] = None,
 ):
     """Run a model and its SAEs over a corpus and write an atlas (statistics + geometry)."""
     try:
@@ -114,6 +115,8 @@ def precompute(
         _fail(f"unknown profile {profile!r}; choose 'tiny' or 'demo'")
     fields = {"model": model, "corpus": corpus, "device": device, "dtype": dtype, "resume": resume, "profile": profile,
               "threads": threads, "overwrite": overwrite}
+    if latent is not None:
+        fields["latent"] = latent
     if sae:
         fields["saes"] = sae
     if layers:

@@ -14,8 +14,10 @@ SIGKILL included, with results identical to an uninterrupted run):
    and tokens (``stats.pt``, replaced atomically every ``checkpoint_every`` batches);
 4. word-pair hidden states at the last token of each word (METHODS 2);
 5. the atlas is written through ``analysis.atlas.AtlasWriter`` (temporary sibling, atomic
-   rename), the work directory removed, and the geometry stage
-   (``analysis.stage.run_geometry``) run on it when available.
+   rename) and the work directory removed;
+6. when ``latent`` is set, the latent-geometry stage (``precompute.latent.run_latent``,
+   METHODS 4) adds ``latent/`` with the model still loaded (one atomic update);
+7. the geometry stage (``analysis.stage.run_geometry``) runs on it when available.
 
 Every user mistake raises ``PrecomputeError`` with a one-line message before anything is
 written to ``out``.
@@ -58,6 +60,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # layer (4,096 features) while the explorer already shows the atlas
     "demo": dict(saes=["embedded"], max_tokens=512_000, seq_len=1024, block_size=256, batch_size=8,
                  checkpoint_every=10, eval_tokens=65_536,
+                 # latent geometry at its defaults: 64 documents x 512 positions, a few minutes
+                 latent=True,
                  # k-means for k up to 1024 on 4,096 features alone takes longer than the
                  # whole budget, and k > 128 leaves a handful of features per lobe at this width
                  geometry_config=dict(ks=[2, 3, 4, 8, 16, 32, 64, 128], n_random=20)),
@@ -101,6 +105,8 @@ class PrecomputeConfig(BaseModel):
     word_pairs: bool = True
     geometry: bool = True
     geometry_config: dict[str, Any] = Field(default_factory=dict)  # GeometryConfig overrides
+    latent: bool = False                    # the latent-geometry stage (METHODS 4); on in the demo profile
+    latent_config: dict[str, Any] = Field(default_factory=dict)    # LatentConfig overrides
     progress: bool = True
 
     @model_validator(mode="before")
@@ -120,7 +126,8 @@ class PrecomputeConfig(BaseModel):
     def identity(self) -> dict:
         """The settings a checkpoint must agree with to be resumed."""
         return self.model_dump(mode="json", exclude={"resume", "out", "overwrite", "progress", "profile",
-                                                     "geometry", "checkpoint_every", "threads"})
+                                                     "geometry", "checkpoint_every", "threads",
+                                                     "latent", "latent_config"})
 
 
 # ---------------------------------------------------------------------- helpers
@@ -496,7 +503,9 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
     out = Path(cfg.out).expanduser().resolve()
     if out.exists() and not cfg.overwrite:
         if cfg.resume and _statistics_done(out):
-            # interrupted during the geometry stage: the statistics are complete, finish the rest
+            # interrupted after the statistics were written: finish the later stages
+            if cfg.latent:
+                _latent(cfg, out)
             if cfg.geometry:
                 _geometry(cfg, out)
             return out
@@ -578,6 +587,8 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     _log(cfg, f"atlas written to {out} in {time.time() - t0:.0f} s")
 
+    if cfg.latent:
+        _latent(cfg, out, lm)
     if cfg.geometry:
         _geometry(cfg, out)
     return out
@@ -595,6 +606,32 @@ def geometry_done(out: Path) -> bool:
 
     atlas = open_atlas(out, verify="size")
     return all("geometry" in info.computed for info in atlas.manifest.layers)
+
+
+def _latent(cfg: PrecomputeConfig, out: Path, lm: LoadedModel | None = None) -> None:
+    from precompute.latent import LatentConfig, LatentError, latent_done, run_latent
+
+    try:
+        lcfg = LatentConfig(**cfg.latent_config)
+    except ValueError as e:
+        raise PrecomputeError(f"bad latent settings: {str(e).splitlines()[0]}") from None
+    if latent_done(out, lcfg):
+        return
+    work = cfg.work_dir()
+    work.mkdir(parents=True, exist_ok=True)
+    _progress(work, cfg.model, "latent geometry (raw activations of every layer)")
+    if lm is None:
+        lm = load_model(cfg.model, cfg.device, cfg.dtype)
+    try:
+        run_latent(out, lcfg, lm=lm, progress=cfg.progress)
+    except LatentError:
+        raise
+    except Exception as e:
+        raise PrecomputeError(f"the raw statistics are in {out}, but the latent stage failed: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    finally:
+        if not cfg.geometry:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _geometry(cfg: PrecomputeConfig, out: Path) -> None:
