@@ -129,9 +129,13 @@ def free_port() -> int:
 
 def start_server(root: Path, banner: str | None = None, extra: list[str] = ()):
     """A real uvicorn process serving ``root`` on a free port; returns (process, base url).
-    ``extra``: more arguments of app.server (``["--workers", "2"]``)."""
+    ``extra``: more arguments of app.server (``["--workers", "2"]``). One worker unless
+    ``extra`` says otherwise: the suite shares two cores with itself, and a second worker
+    warming up beside the browser made first renders time out; tests/test_serving.py covers
+    several workers."""
     port = free_port()
-    cmd = [sys.executable, "-m", "app.server", str(root), "--port", str(port), *extra]
+    workers = [] if "--workers" in extra else ["--workers", "1"]
+    cmd = [sys.executable, "-m", "app.server", str(root), "--port", str(port), *workers, *extra]
     if banner:
         cmd += ["--banner", banner]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
