@@ -419,7 +419,12 @@ def run_latent(atlas_path, config: LatentConfig | None = None, lm=None, progress
         _log(progress, f"latent capture: {d1}/{len(tokens)} documents")
     t_capture = time.time() - t0
 
-    files, summary = _analyse(cfg, acc, lm, n_layers, progress)
+    from threadpoolctl import threadpool_limits
+
+    # small matrices: extra BLAS/OpenMP threads only spin against torch's pool (on two busy
+    # cores the separation fits went from 0.1 s to 50 s per layer without this limit)
+    with threadpool_limits(limits=1):
+        files, summary = _analyse(cfg, acc, lm, n_layers, progress)
     files["tokens.npy"] = tokens
     files["sample.npy"] = sample
     files["norms.npy"] = acc.norms
