@@ -218,6 +218,7 @@ def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")
 
     atlas_dir.mkdir(parents=True, exist_ok=True)
     try:
+        from precompute.latent import LatentConfig, latent_done
         from precompute.pipeline import PrecomputeConfig, PrecomputeError, geometry_done, run_precompute
         from precompute.train_saes import shipped_saes
     except ImportError as e:
@@ -253,7 +254,8 @@ def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")
                 typer.echo(f"no SAEs ship with {model} yet, so its demo atlas is not built: train them with "
                            f"`saegeo train-saes --model {model}` (resumable), then run the demo again", err=True)
                 continue
-            if not check(target, verify="size") and geometry_done(target):
+            # an atlas from before the latent stage existed gets it added, the rest kept
+            if not check(target, verify="size") and geometry_done(target) and latent_done(target, LatentConfig()):
                 continue
             typer.echo(f"building the demo atlas of {model} in {target} (first run only; the explorer shows "
                        f"its progress and opens it when ready)")
