@@ -29,6 +29,7 @@ import json
 import re
 import threading
 import time
+import warnings
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from analysis.atlas import Atlas, AtlasError, list_atlases, open_atlas
+from analysis.latent import norms_by_position
 
 Affinity = Literal["phi", "simple_matching", "jaccard", "dice", "overlap", "geometry"]
 Layout = Literal["pca", "umap"]
@@ -56,6 +58,10 @@ class UnknownItem(KeyError):
 
 class BadParameter(ValueError):
     """A malformed value in a request (an id range, a lobe, a colouring); the message says why."""
+
+
+class NoLatent(UnknownItem):
+    """The atlas holds no latent capture (404: the result is not there)."""
 
 
 def valid_name(name: str) -> bool:
@@ -490,6 +496,49 @@ class AtlasStore:
 
         rows = self.memo(name, ("crystals-of", layer), compute).get(feature, [])
         return tab.iloc[rows]
+
+
+    # ------------------------------------------------------------------ latent geometry
+
+    def latent(self, name: str):
+        """The atlas's ``LatentInfo`` (manifest.latent); NoLatent when it has no latent capture."""
+        lat = self.open(name).manifest.latent
+        if lat is None:
+            raise NoLatent(f"atlas {name!r} has no latent capture (run saegeo precompute --latent on it)")
+        return lat
+
+    def latent_array(self, name: str, file: str) -> np.ndarray | None:
+        """``latent/<file>`` memory-mapped (None when this capture did not write it, e.g. no UMAP)."""
+        self.latent(name)
+        atlas = self.open(name)
+        rel = f"latent/{file}"
+        return atlas.array(rel) if atlas.has(rel) else None
+
+    def latent_projections(self, name: str) -> list[str]:
+        """Per-layer projections stored: pca always, umap when the capture ran UMAP."""
+        lat = self.latent(name)
+        return ["pca", "umap"] if lat.umap_tokens > 0 and self.open(name).has("latent/umap_layer.npy") else ["pca"]
+
+    def latent_summary(self, name: str) -> dict:
+        """``latent/latent.json``: separation per block, norms per slot, positional structure."""
+        self.latent(name)
+        return self.open(name).json("latent/latent.json")
+
+    def latent_docs(self, name: str):
+        """``latent/docs.parquet``: doc, subset, tokens (decoded) per captured document."""
+        self.latent(name)
+        return self.open(name).table("latent/docs.parquet")
+
+    def latent_position_norms(self, name: str) -> np.ndarray:
+        """float64 [K, T]: median over documents of each capture slot's norm at each position."""
+        self.latent(name)
+
+        def compute(a: Atlas):
+            with warnings.catch_warnings():  # a position no document reaches is NaN, as it should be
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return norms_by_position(a.array("latent/norms.npy"))
+
+        return self.memo(name, ("latent-position-norms",), compute)
 
 
 def readable_token(t) -> str:

@@ -184,6 +184,100 @@ class SearchResult(BaseModel):
     hits: list[SearchHit]
 
 
+LatentProjection = Literal["pca", "umap"]
+LatentColor = Literal["kind", "layer", "position"]
+
+
+class LatentSummary(BaseModel):
+    """What the latent capture of an atlas holds (manifest.latent, docs/atlas.md "Latent geometry")."""
+    atlas: str
+    model: str
+    n_layers: int
+    captures: list[str] = Field(description="capture slots in storage order (embedding, 4 per block, final norm)")
+    kinds: list[str] = Field(description="the five captures of a block, in forward order")
+    tensors: dict[str, str] = Field(description="capture kind -> the exact tensor in this architecture")
+    n_docs: int
+    n_positions: int
+    bos: bool
+    sample_tokens: int
+    umap_tokens: int
+    projections: list[LatentProjection] = Field(description="per-layer projections stored (all layers: pca only)")
+
+
+class LatentPoints(BaseModel):
+    """Points of the 3-D latent view: ``n_tokens`` sample tokens of every capture shown, capture-major
+    (point ``i`` is capture ``slot[i]`` of sample token ``sample[i]``)."""
+    atlas: str
+    layer: int | None = Field(description="the block shown; None: every capture of every layer (one PCA)")
+    projection: LatentProjection
+    n: int
+    n_tokens: int = Field(description="sample tokens per capture shown (a prefix of the sample: uniform)")
+    x: list[float]
+    y: list[float]
+    z: list[float]
+    slot: list[int] = Field(description="capture slot (row of captures) of each point")
+    kind: list[str]
+    depth: list[int] = Field(description="block of each point: -1 the embedding, n_layers the final norm")
+    sample: list[int]
+    doc: list[int]
+    position: list[int]
+
+
+class LatentNormSlot(BaseModel):
+    slot: int
+    capture: str
+    kind: str
+    depth: int
+    median: float = Field(description="median norm over positions >= 1")
+    p90: float
+    pos0: float = Field(description="median norm at position 0")
+    pos0_ratio: float
+
+
+class LatentNorms(BaseModel):
+    atlas: str
+    slots: list[LatentNormSlot]
+    by_position: list[list[float | None]] = Field(description="[slot][position]: median norm over documents")
+
+
+class SeparationScores(BaseModel):
+    accuracy: float
+    accuracy_shuffled: float
+    silhouette: float
+    silhouette_shuffled: float
+
+
+class LayerSeparation(BaseModel):
+    layer: int
+    raw: SeparationScores
+    unit: SeparationScores = Field(description="on unit-normalised vectors")
+
+
+class LatentSeparation(BaseModel):
+    """Attention versus MLP outputs per block: cross-validated linear accuracy and silhouette,
+    each with its label-shuffle baseline."""
+    atlas: str
+    tokens: int | None = Field(description="sample tokens per capture in the score")
+    layers: list[LayerSeparation]
+
+
+class LatentToken(BaseModel):
+    """One captured token in its document: the tokens around it, the token at ``peak``."""
+    atlas: str
+    sample: int
+    slot: int | None
+    capture: str | None
+    norm: float | None = Field(description="norm of this capture at this token")
+    doc: int = Field(description="row of latent/docs.parquet")
+    corpus_doc: int = Field(description="index of the document in the corpus")
+    subset: str
+    position: int
+    token: str
+    tokens: list[str] = Field(description="the decoded tokens of the window")
+    peak: int = Field(description="index of the token in ``tokens``")
+    start: int = Field(description="position of tokens[0] in the document")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     atlases: int

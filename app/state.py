@@ -11,6 +11,12 @@ default and left out, ``lobes`` or ``crystals``), ``cam`` (``eye``, the camera e
 ``ctr`` (``center``, the camera centre ``x,y,z``; both in plotly's normalised scene
 coordinates, where the scene box spans its aspect ratio around 0).
 
+The Latent view (METHODS 4) has keys of its own, so switching views keeps both: ``view``
+(``cloud``, the default and left out, or ``latent``), ``ll`` (``latent_layer``: a block of the
+model, or ``all``, the default, for every layer at once), ``lp`` (``latent_projection``: pca |
+umap), ``lc`` (``latent_color``: kind | layer | position), ``pt`` (``latent_point``: the
+clicked point, ``<capture slot>:<sample token>``).
+
 Parsing never fails: ``parse_query`` keeps every well-formed value and reports the others
 as readable problems; ``resolve`` then moves a parsed state to the nearest view that the
 served atlases can show (first atlas, nearest layer, a computed layout/colouring, a feature
@@ -24,12 +30,19 @@ from urllib.parse import parse_qsl, urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-from app.data import AFFINITIES, LAYOUTS, AtlasStore, Layout, UnknownAtlas, UnknownItem, valid_name
+from app.data import AFFINITIES, LAYOUTS, AtlasStore, Layout, NoLatent, UnknownAtlas, UnknownItem, valid_name
+from analysis.latent import KINDS, slot_of
 from analysis.atlas import AtlasError
 
 _MAX_QUERY = 2000
 Panel = Literal["spectra", "lobes", "crystals"]
 PANELS: tuple[str, ...] = get_args(Panel)
+View = Literal["cloud", "latent"]
+VIEWS: tuple[str, ...] = get_args(View)
+LatentColor = Literal["kind", "layer", "position"]
+LATENT_COLORS: tuple[str, ...] = get_args(LatentColor)
+KEYS = ("atlas", "layer", "layout", "color", "size", "f", "face", "q", "panel", "cam", "ctr",
+        "view", "ll", "lp", "lc", "pt")
 ColoringKind = Literal["lobe", "geometry", "freq", "subset"]
 COLORING_HINT = "use lobe:<affinity>:<k>, freq, subset or geometry:<k>"
 _COLORING = re.compile(r"(lobe(?::(" + "|".join(AFFINITIES) + r")(?::(\d{1,5}))?)?"
@@ -109,6 +122,11 @@ class ViewState(BaseModel):
     panel: Panel = "spectra"
     eye: tuple[float, float, float] | None = Field(None, alias="cam")
     center: tuple[float, float, float] | None = Field(None, alias="ctr")
+    view: View = "cloud"
+    latent_layer: int | None = Field(None, alias="ll")          # None: every layer at once
+    latent_projection: Layout = Field("pca", alias="lp")
+    latent_color: LatentColor = Field("kind", alias="lc")
+    latent_point: tuple[int, int] | None = Field(None, alias="pt")  # (capture slot, sample token)
 
     def to_query(self) -> str:
         """A short, readable query string (with leading ``?``); default values are left out."""
@@ -117,8 +135,9 @@ class ViewState(BaseModel):
             items.append(("atlas", self.atlas))
         if self.layer is not None:
             items.append(("layer", str(self.layer)))
-        items.append(("layout", self.layout))
-        items.append(("color", str(self.coloring)))
+        if self.layer is not None or self.view == "cloud":   # a model-only atlas has no feature cloud
+            items.append(("layout", self.layout))
+            items.append(("color", str(self.coloring)))
         if self.size_by_freq:
             items.append(("size", "freq"))
         if self.feature is not None:
@@ -133,6 +152,14 @@ class ViewState(BaseModel):
             items.append(("cam", ",".join(_num(v) for v in self.eye)))
         if self.center is not None:
             items.append(("ctr", ",".join(_num(v, 3) for v in self.center)))
+        if self.view != "cloud":
+            items.append(("view", self.view))
+            # the latent keys only travel with the latent view: cloud links stay as they were
+            items.append(("ll", "all" if self.latent_layer is None else str(self.latent_layer)))
+            items.append(("lp", self.latent_projection))
+            items.append(("lc", self.latent_color))
+            if self.latent_point is not None:
+                items.append(("pt", "%d:%d" % self.latent_point))
         return "?" + urlencode(items, safe=":,")
 
     def with_(self, **changes) -> ViewState:
@@ -210,8 +237,35 @@ def parse_query(search: str | None) -> tuple[ViewState, list[str]]:
                 s[key] = v
             except ValueError:
                 bad(key, "use three numbers x,y,z")
-    unknown = sorted(set(raw) - {"atlas", "layer", "layout", "color", "size", "f", "face", "q", "panel", "cam",
-                                 "ctr"})
+    if "view" in raw:
+        if raw["view"] in VIEWS:
+            s["view"] = raw["view"]
+        else:
+            bad("view", "use " + " or ".join(VIEWS))
+    if "ll" in raw:
+        if raw["ll"] == "all":
+            s["ll"] = None
+        elif re.fullmatch(r"\d{1,6}", raw["ll"]):
+            s["ll"] = int(raw["ll"])
+        else:
+            bad("ll", "use a layer number or all")
+    if "lp" in raw:
+        if raw["lp"] in LAYOUTS:
+            s["lp"] = raw["lp"]
+        else:
+            bad("lp", "use pca or umap")
+    if "lc" in raw:
+        if raw["lc"] in LATENT_COLORS:
+            s["lc"] = raw["lc"]
+        else:
+            bad("lc", "use " + ", ".join(LATENT_COLORS))
+    if "pt" in raw:
+        m = re.fullmatch(r"(\d{1,6}):(\d{1,9})", raw["pt"])
+        if m:
+            s["pt"] = (int(m[1]), int(m[2]))
+        else:
+            bad("pt", "use <capture slot>:<sample token>, e.g. 3:17")
+    unknown = sorted(set(raw) - set(KEYS))
     if unknown:
         problems.append("ignored unknown parameter(s): " + ", ".join(_short(k) for k in unknown[:5]))
     return ViewState(**s), problems
@@ -239,6 +293,15 @@ def resolve(state: ViewState, store: AtlasStore) -> tuple[ViewState, list[str]]:
     if state.atlas is not None and atlas != state.atlas:
         notes.append(f"showing atlas {_short(atlas)} instead")
     layers = store.open(atlas).layer_ids
+    if not layers:   # a model-only atlas (latent geometry, no SAE): no feature cloud to show
+        st = state.with_(atlas=atlas, layer=None, feature=None, face=None)
+        if st.view == "cloud":
+            if store.open(atlas).manifest.latent is None:
+                return st, notes + [f"atlas {_short(atlas)} has no SAE layers and no latent capture"]
+            notes.append(f"atlas {_short(atlas)} has no SAE layers; showing its latent geometry")
+            st = st.with_(view="latent")
+        st, more = resolve_latent(st, store)
+        return st, notes + more
     layer = state.layer
     if layer not in layers:
         nearest = min(layers, key=lambda L: (abs(L - layer), L)) if layer is not None else layers[0]
@@ -266,6 +329,50 @@ def resolve(state: ViewState, store: AtlasStore) -> tuple[ViewState, list[str]]:
         if tab is None or not 0 <= st.face < len(tab):
             notes.append(f"crystal face {st.face} is not in layer {layer}")
             st = st.with_(face=None)
+    if st.view == "latent":
+        st, more = resolve_latent(st, store)
+        notes += more
+    return st, notes
+
+
+def latent_slots(n_layers: int, layer: int | None) -> list[int]:
+    """Capture slots the latent view of ``layer`` shows (all of them for None)."""
+    return list(range(4 * n_layers + 2)) if layer is None else [slot_of(n_layers, layer, k) for k in KINDS]
+
+
+def resolve_latent(st: ViewState, store: AtlasStore) -> tuple[ViewState, list[str]]:
+    """The nearest latent view atlas ``st.atlas`` can show (back to the cloud when it has no
+    latent capture), and a message per change."""
+    try:
+        lat = store.latent(st.atlas)
+    except NoLatent:
+        return (st.with_(view="cloud", latent_point=None),
+                [f"atlas {_short(st.atlas)} has no latent capture (saegeo precompute --latent); showing the "
+                 "feature cloud"])
+    notes: list[str] = []
+    n = store.open(st.atlas).manifest.model.n_layers
+    L = st.latent_layer
+    if L is not None and not 0 <= L < n:
+        near = min(max(L, 0), n - 1)
+        notes.append(f"the latent capture has layers 0..{n - 1}; showing layer {near}")
+        st = st.with_(latent_layer=near, latent_point=None)
+    if st.latent_projection == "umap":
+        if st.latent_layer is None:
+            notes.append("UMAP is computed per layer; showing the PCA of all layers")
+            st = st.with_(latent_projection="pca")
+        elif "umap" not in store.latent_projections(st.atlas):
+            notes.append("this latent capture has no UMAP; showing PCA")
+            st = st.with_(latent_projection="pca")
+    if st.latent_color == "layer" and st.latent_layer is not None:
+        notes.append(f"every point of layer {st.latent_layer} has the same layer; colouring by capture kind")
+        st = st.with_(latent_color="kind")
+    if st.latent_point is not None:
+        slot, sample = st.latent_point
+        n_tokens = lat.umap_tokens if st.latent_projection == "umap" else lat.sample_tokens
+        if slot not in latent_slots(n, st.latent_layer) or not 0 <= sample < n_tokens:
+            where = "all layers" if st.latent_layer is None else f"layer {st.latent_layer}"
+            notes.append(f"point {slot}:{sample} is not in the latent view of {where}; nothing selected")
+            st = st.with_(latent_point=None)
     return st, notes
 
 

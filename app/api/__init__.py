@@ -7,6 +7,7 @@ One router per resource, all read-only, under ``/api`` (docs/api.md lists the ro
 * ``features``  ``.../features/{feature}``, ``.../search``
 * ``exports``   ``.../export``
 * ``figures``   ``.../figures/{name}.{html|json}``
+* ``latent``    ``/atlases/{atlas}/latent``, ``.../latent/points``, ``/norms``, ``/separation``, ``/tokens/{sample}``
 * ``health``    ``/healthz`` (outside ``/api``)
 
 A route takes the store as a typed dependency (``deps.Store``), calls a query of
@@ -17,10 +18,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
 
-from app.api import atlases, exports, features, figures, layers
+from app.api import atlases, exports, features, figures, latent, layers
 
 router = APIRouter(prefix="/api")
-for resource in (atlases, layers, features, exports, figures):
+for resource in (atlases, layers, features, exports, figures, latent):
     router.include_router(resource.router)
 
 

@@ -9,4 +9,5 @@ raise the store's errors (``UnknownAtlas``, ``UnknownItem``, ``BadParameter`` fr
 * ``features``  a feature's card, search, the Neuronpedia link
 * ``exports``   a selection of features (ids, ranges or a lobe) as a table
 * ``figures``   the view a figure is drawn for, and the figure itself
+* ``latent``    the latent geometry: 3-D captured states, norms, separation, a token in context
 """
