@@ -1,0 +1,196 @@
+"""Universality (METHODS 5): alignment, correlation, pairing, SVCCA, RSA, nulls, subspaces,
+and the ``saegeo compare`` stage, each against planted known structure."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy import stats
+
+from analysis import universality as U
+
+
+def sparse_acts(rng, n, F, k=4, scale=1.0):
+    """[n, F] non-negative activations with k active features per unit."""
+    rows = np.repeat(np.arange(n), k)
+    cols = np.concatenate([rng.choice(F, k, replace=False) for _ in range(n)])
+    vals = rng.gamma(2.0, scale, n * k)
+    return sp.csr_matrix((vals, (rows, cols)), shape=(n, F), dtype=np.float32)
+
+
+# ------------------------------------------------------------------ correlation and pairing
+
+
+def test_chunked_correlation_equals_dense_reference():
+    rng = np.random.default_rng(0)
+    A = sparse_acts(rng, 3000, 60, k=5)
+    B = sp.csr_matrix(A[:, rng.permutation(60)[:50]] * 0.5 + sparse_acts(rng, 3000, 50, k=3))
+    B = sp.hstack([B, sp.csr_matrix((3000, 1))]).tocsr()          # a dead feature: correlation 0
+    ref = U.correlation_dense_reference(A, B)
+    for kw in ({}, {"chunk_units": 257}, {"chunk_units": 500, "block_b": 7}, {"max_bytes": 60 * 8 * 10}):
+        got = U.correlation_matrix(A, B, **kw)
+        np.testing.assert_allclose(got, ref, atol=1e-9)
+    assert np.all(U.correlation_matrix(A, B)[:, -1] == 0)
+    # dense input takes the same path
+    np.testing.assert_allclose(U.correlation_matrix(A.toarray(), B.toarray(), chunk_units=999), ref, atol=1e-9)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        full = np.corrcoef(A.toarray().T, B.toarray().T)
+    np.testing.assert_allclose(ref[:5, :5], full[:5, 60:65], atol=1e-9)
+
+
+def test_pairing_recovers_a_planted_permutation():
+    rng = np.random.default_rng(1)
+    n, F = 4000, 200
+    A = sparse_acts(rng, n, F, k=6)
+    perm = rng.permutation(F)                  # B feature j is A feature perm[j], rescaled and noised
+    B = sp.csr_matrix(A[:, perm].multiply(rng.uniform(0.5, 2.0, F)))
+    B.data *= rng.uniform(0.8, 1.2, B.nnz)
+    best, corr = U.best_matches(A, B, chunk_units=700, block_b=64)
+    assert np.array_equal(best, perm)
+    assert corr.min() > 0.9
+
+
+def test_one_to_one_rules():
+    best = np.array([3, 3, 1, 3, 1, 0])
+    corr = np.array([0.2, 0.9, 0.5, 0.9, 0.6, 0.05])
+    assert U.pair_features(best, corr).all()
+    first = U.pair_features(best, corr, "one_to_one", "first")
+    assert first.tolist() == [True, False, True, False, False, True]   # first B seen keeps its A
+    high = U.pair_features(best, corr, "one_to_one", "highest")
+    assert high.tolist() == [False, True, False, False, True, True]    # highest keeps it; tie -> first
+    elig = corr > 0.1                                                   # filters first: B 5 takes no part
+    assert U.pair_features(best, corr, "one_to_one", "first", eligible=elig).tolist() == \
+        [True, False, True, False, False, False]
+    with pytest.raises(ValueError, match="rule"):
+        U.pair_features(best, corr, "one_to_one", "best")
+
+
+def test_published_filters():
+    tok_a = [["the", "a"], [",", "."], ["Paris", "London"]]
+    tok_b = [["The"], ["cat"], ["<bos>", ";"], ["paris"]]
+    best = np.array([0, 0, 2, 2])
+    f = U.pair_filters(np.ones(4), tok_a, tok_b, best, specials=["<bos>"])
+    assert f["shared"].tolist() == [True, False, False, True]
+    assert f["punctuation"].tolist() == [False, False, True, False]
+    assert U.is_punctuation_or_special(" —") and U.is_punctuation_or_special("  ") and not U.is_punctuation_or_special("x.")
+
+
+def test_top_unit_tokens_and_unit_max():
+    acts = sp.csr_matrix(np.array([[0, 1.0], [3.0, 0], [2.0, 5.0], [0, 0.5]], np.float32))
+    # units: {0, 1}, {2}, {3}
+    m = U.unit_max(acts, np.array([0, 2, 3, 4]), np.array([0, 1, 2, 3]))
+    assert m.toarray().tolist() == [[3.0, 1.0], [2.0, 5.0], [0.0, 0.5]]
+    tops = U.top_unit_tokens(m, [" cat", "dog ", "cat"], k=5)
+    assert tops == [["cat", "dog"], ["dog", "cat"]]
+
+
+# ------------------------------------------------------------------ SVCCA, RSA and nulls
+
+
+def planted_pair(rng, n=600, r=12, d_a=40, d_b=48, noise=0.0):
+    """Two sets of paired rows that are the same r-dimensional features seen through two
+    different random linear maps (two SAEs in different bases), plus a little noise."""
+    Z = rng.normal(size=(n, r))
+    X = Z @ rng.normal(size=(r, d_a))
+    Y = Z @ rng.normal(size=(r, d_b))
+    X += noise * X.std() * rng.normal(size=X.shape)
+    Y += noise * Y.std() * rng.normal(size=Y.shape)
+    return X, Y
+
+
+def test_svcca_is_one_on_linearly_related_sets_and_zero_on_unrelated():
+    rng = np.random.default_rng(2)
+    X, Y = planted_pair(rng, noise=0.0)
+    assert U.svcca(X, Y) > 0.999
+    X2, Y2 = planted_pair(rng, noise=0.01)
+    assert U.svcca(X2, Y2) > 0.95
+    X3, Y3 = planted_pair(rng, noise=0.0)
+    Y3 = X3 @ np.linalg.qr(rng.normal(size=(40, 40)))[0] * 3.0 + 1.0   # rotated, scaled, shifted
+    assert U.svcca(X3, Y3) == pytest.approx(1.0, abs=1e-9)
+    # unrelated: independent low-rank sets of many rows
+    A = rng.normal(size=(4000, 5)) @ rng.normal(size=(5, 40))
+    B = rng.normal(size=(4000, 5)) @ rng.normal(size=(5, 40))
+    assert U.svcca(A, B) < 0.05
+
+
+def test_published_svcca_collapses_to_one_direction():
+    rng = np.random.default_rng(3)
+    vals = []
+    for _ in range(20):
+        X, Y = planted_pair(rng, noise=0.0)
+        assert U.svcca(X, Y) > 0.999                   # strongly (exactly linearly) related
+        vals.append(U.svcca(X, Y, variant="published"))
+    vals = np.array(vals)
+    # one canonical direction: |corr| of the first principal components, far below 1
+    assert vals.mean() < 0.6, vals
+    X, Y = planted_pair(rng, noise=0.0)
+    Ux = U._reduced_basis(X, 0.99, published=True)
+    assert Ux.shape[1] == 1
+    pc_x = (X - X.mean(0)) @ np.linalg.svd(X - X.mean(0), full_matrices=False)[2][0]
+    pc_y = (Y - Y.mean(0)) @ np.linalg.svd(Y - Y.mean(0), full_matrices=False)[2][0]
+    assert U.svcca(X, Y, variant="published") == pytest.approx(abs(np.corrcoef(pc_x, pc_y)[0, 1]), abs=1e-9)
+
+
+def test_rsa_against_a_hand_computed_example():
+    X = np.array([[1.0, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 2]])
+    Y = np.array([[2.0, 1], [1, 3], [0, 1], [5, 5]])
+    # Pearson correlation of rows, hand-computed entry by entry:
+    # X rows centred: (2/3,-1/3,-1/3), (-1/3,2/3,-1/3), (1/3,1/3,-2/3), (-2/3,-2/3,4/3)
+    sx = {(0, 1): -0.5, (0, 2): 0.5, (0, 3): -0.5, (1, 2): 0.5, (1, 3): -0.5, (2, 3): -1.0}
+    # Y rows have two entries: corr = sign of the difference product: (1,-1),(-1,1),(-1,1),(0,0)->nan->0
+    sy = {(0, 1): -1.0, (0, 2): -1.0, (0, 3): 0.0, (1, 2): 1.0, (1, 3): 0.0, (2, 3): 0.0}
+    keys = sorted(sx)
+    expect = stats.spearmanr([sx[k] for k in keys], [sy[k] for k in keys]).statistic
+    # ranks by hand: x: [-0.5 x3 -> 3, 0.5 x2 -> 5.5, -1 -> 1] ; y: [-1 x2 -> 1.5, 0 x3 -> 4, 1 -> 6]
+    rx = np.array([3, 5.5, 3, 5.5, 3, 1.0])
+    ry = np.array([1.5, 1.5, 4, 6, 4, 4.0])
+    hand = np.corrcoef(rx, ry)[0, 1]
+    assert hand == pytest.approx(expect)
+    assert U.rsa(X, Y) == pytest.approx(hand)
+    rng = np.random.default_rng(4)
+    Z = rng.normal(size=(30, 8))
+    assert U.rsa(Z, Z @ rng.normal(size=(8, 8)) * 0 + Z) == pytest.approx(1.0)
+
+
+def test_permutation_p_is_uniform_under_the_null():
+    rng = np.random.default_rng(5)
+    ps = {"svcca": [], "rsa": []}
+    for i in range(300):
+        X, Y = rng.normal(size=(8, 3)), rng.normal(size=(8, 3))
+        for m in ps:
+            ps[m].append(U.similarity_null(X, Y, m, n_shuffles=39, seed=i)["p"])
+    for m, p in ps.items():
+        p = np.array(p)
+        assert p.min() >= 1 / 40
+        assert stats.kstest(p, "uniform").pvalue > 0.01, m
+    assert U.permutation_p(0.5, np.array([0.1, 0.6, 0.5])) == 0.75
+
+
+def test_null_detects_a_real_pairing():
+    rng = np.random.default_rng(6)
+    X, Y = planted_pair(rng, n=200, noise=0.05)
+    for m in ("svcca", "rsa"):
+        r = U.similarity_null(X, Y, m, n_shuffles=100, seed=0)
+        assert r["p"] == pytest.approx(1 / 101)
+        assert r["value"] > r["null_mean"] + 5 * r["null_std"]
+
+
+# ------------------------------------------------------------------ semantic subspaces
+
+
+def test_keywords_and_membership(tmp_path):
+    groups = U.load_keywords()
+    for g in ("time", "calendar", "people_roles", "nature", "emotions", "months", "countries", "biology"):
+        assert len(groups[g]) >= 10
+    assert "may" in groups["months"]
+    text = "In May the mayor said: may it rain."
+    assert U.whole_word(text, 2, 6) and U.whole_word(text, 3, 6)
+    assert not U.whole_word(text, 11, 14)                 # "may" of "mayor"
+    m = U.keyword_members([" May", "may", "rain", ""], np.array([True, False, True, False]), groups)
+    assert m["months"].tolist() == [0] and m["nature"].tolist() == [2]
+    f = tmp_path / "kw.tsv"
+    f.write_text("# mine\ncolours\tred\ncolours\tBlue\n")
+    assert U.load_keywords(f) == {"colours": {"red", "blue"}}
+    f.write_text("colours red\n")
+    with pytest.raises(ValueError, match="group<TAB>keyword"):
+        U.load_keywords(f)
