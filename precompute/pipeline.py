@@ -15,9 +15,9 @@ SIGKILL included, with results identical to an uninterrupted run):
 4. word-pair hidden states at the last token of each word (METHODS 2);
 5. the atlas is written through ``analysis.atlas.AtlasWriter`` (temporary sibling, atomic
    rename) and the work directory removed;
-6. when ``latent`` is set, the latent-geometry stage (``precompute.latent.run_latent``,
-   METHODS 4) adds ``latent/`` with the model still loaded (one atomic update);
-7. the geometry stage (``analysis.stage.run_geometry``) runs on it when available.
+6. the geometry stage (``analysis.stage.run_geometry``) runs on it when available;
+7. when ``latent`` is set, the latent-geometry stage (``precompute.latent.run_latent``,
+   METHODS 4) adds ``latent/`` with the model still loaded (one atomic update).
 
 Every user mistake raises ``PrecomputeError`` with a one-line message before anything is
 written to ``out``.
@@ -504,10 +504,10 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
     if out.exists() and not cfg.overwrite:
         if cfg.resume and _statistics_done(out):
             # interrupted after the statistics were written: finish the later stages
-            if cfg.latent:
-                _latent(cfg, out)
             if cfg.geometry:
                 _geometry(cfg, out)
+            if cfg.latent:
+                _latent(cfg, out)
             return out
         raise PrecomputeError(f"{out} already exists; choose another --out or pass overwrite")
     work = cfg.work_dir()
@@ -587,10 +587,11 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     _log(cfg, f"atlas written to {out} in {time.time() - t0:.0f} s")
 
-    if cfg.latent:
-        _latent(cfg, out, lm)
+    # lobes first: they are what the explorer waits for; the latent capture (minutes) after
     if cfg.geometry:
         _geometry(cfg, out)
+    if cfg.latent:
+        _latent(cfg, out, lm)
     return out
 
 
@@ -630,8 +631,7 @@ def _latent(cfg: PrecomputeConfig, out: Path, lm: LoadedModel | None = None) -> 
         raise PrecomputeError(f"the raw statistics are in {out}, but the latent stage failed: "
                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     finally:
-        if not cfg.geometry:
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _geometry(cfg: PrecomputeConfig, out: Path) -> None:
