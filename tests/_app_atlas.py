@@ -112,6 +112,44 @@ def build_app_atlas(root: Path, n_features: int = 600) -> Path:
     return root
 
 
+# a real latent capture small enough for a session fixture (~40 s on two busy cores)
+LATENT_TEST = dict(n_docs=4, seq_len=64, batch_size=4, sample_tokens=128, umap_tokens=32, vector_tokens=16,
+                   separation_tokens=64, cv=3)
+
+
+def build_latent_atlas(path: Path, lm=None) -> Path:
+    """Synthetic SAE layers (9 and 29, 200 features) in SmolLM2's shape (30 blocks, width 576),
+    carrying a real latent capture of SmolLM2 on four 64-token documents of the default corpus:
+    the feature cloud and the Latent view of one atlas, as in the demo's."""
+    from analysis.atlas import AtlasWriter
+    from precompute.latent import LatentConfig, run_latent
+    from precompute.models import load_model
+
+    lm = lm or load_model("smollm2", device="cpu", dtype="float32")
+    make_synthetic_atlas(path, n_features=200, d_model=lm.d_model, layers=(9, lm.n_layers - 1), n_blocks=300,
+                         seed=1, geometry=False)
+    add_derived(path)
+    with AtlasWriter.update(path) as w:   # the latent stage checks the model's shape, then trusts the caller
+        w.manifest.title = f"synthetic SAE layers, real {lm.name} latent capture"
+        w.manifest.model = w.manifest.model.model_copy(update={"name": lm.name, "source": lm.source})
+    run_latent(path, LatentConfig(**LATENT_TEST), lm=lm)
+    return path
+
+
+def latent_atlas_root(request, tmp_path_factory) -> Path:
+    """A folder with ``smollm2`` (SAE layers and a real latent capture) and ``syn`` (no latent
+    capture), built once per session."""
+    import shutil
+
+    root = tmp_path_factory.getbasetemp() / "latent-atlases"
+    if not (root / "smollm2" / "manifest.json").is_file():
+        root.mkdir(exist_ok=True)
+        if not (root / "syn").is_dir():
+            shutil.copytree(app_atlas_root(request, tmp_path_factory) / "syn", root / "syn")
+        build_latent_atlas(root / "smollm2")
+    return root
+
+
 def app_atlas_root(request, tmp_path_factory) -> Path:
     """The folder of atlases the app tests serve (``syn`` inside), built once per session."""
     root = tmp_path_factory.getbasetemp() / "app-atlases"

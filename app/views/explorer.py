@@ -20,11 +20,13 @@ from app.state import PANELS, Coloring, ViewState, parse_query, resolve
 from app import figures
 from app.views import card as card_view
 from app.views import cloud, panels
+from app.views import latent as latent_view
 from analysis.atlas import AtlasError
 
 STATIC = Path(__file__).resolve().parents[2] / "static"
 COLOR_KINDS = [{"label": "lobe (co-occurrence)", "value": "lobe"}, {"label": "geometry cluster", "value": "geometry"},
                {"label": "firing frequency (log)", "value": "freq"}, {"label": "corpus subset", "value": "subset"}]
+VIEW_OPTIONS = [{"label": " Features", "value": "cloud"}, {"label": " Latent", "value": "latent"}]
 GRAPH_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 
 
@@ -33,12 +35,22 @@ GRAPH_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "sel
 CONTROLS = {"atlas": ("atlas-dd", "value"), "layer": ("layer-dd", "value"), "layout": ("layout-radio", "value"),
             "coloring": ("color-dd", "value"), "affinity": ("aff-dd", "value"), "k": ("k-dd", "value"),
             "size": ("size-check", "value"), "crystals": ("crystal-check", "value"),
-            "min_edge_cos": ("q-slider", "value"), "panel": ("panel-tabs", "value")}
+            "min_edge_cos": ("q-slider", "value"), "panel": ("panel-tabs", "value"),
+            "view": ("view-radio", "value"), "latent_layer": ("latent-layer-dd", "value"),
+            "latent_projection": ("latent-proj-radio", "value"), "latent_color": ("latent-color-dd", "value")}
+# the page's parts belonging to each view: (element id, its class when shown)
+VIEW_PARTS = {"cloud": [("cloud-controls", "viewpart"), ("cloud-main", "main"), ("card", "card"),
+                        ("cloud-panels", "panels")],
+              "latent": [("latent-controls", "viewpart"), ("latent-main", "main"), ("latent-card", "card"),
+                         ("latent-panels", "panels")]}
 CONTROL_INPUTS = {name: Input(*target) for name, target in CONTROLS.items()}
 CONTROL_OUTPUTS = {**{name: Output(*target) for name, target in CONTROLS.items()},
                    **{f"{name}_options": Output(cid, "options") for name, (cid, _) in CONTROLS.items()
-                      if name in ("atlas", "layer", "layout", "affinity", "k")},
-                   "panel_classes": [Output(f"panel-{p}", "className") for p in PANELS]}
+                      if name in ("atlas", "layer", "layout", "affinity", "k", "view", "latent_layer",
+                                  "latent_projection", "latent_color")},
+                   "panel_classes": [Output(f"panel-{p}", "className") for p in PANELS],
+                   # which of the two views is on screen: (element id, class when shown), cloud then latent
+                   "view_classes": [Output(cid, "className") for cid, _ in VIEW_PARTS["cloud"] + VIEW_PARTS["latent"]]}
 
 
 def _control(label: str, comp) -> html.Div:
@@ -46,8 +58,19 @@ def _control(label: str, comp) -> html.Div:
 
 
 def page(banner: str | None) -> html.Div:
+    latent_controls = html.Div([
+        _control("Layer", dcc.Dropdown(id="latent-layer-dd", clearable=False)),
+        _control("Projection", dcc.RadioItems(id="latent-proj-radio", inline=True, options=[
+            {"label": " PCA", "value": "pca"}, {"label": " UMAP", "value": "umap"}])),
+        _control("Colour", dcc.Dropdown(id="latent-color-dd", options=latent_view.COLOR_OPTIONS, clearable=False)),
+        html.H4("Legend"),
+        html.Div(id="latent-legend", className="legend"),
+    ], id="latent-controls", className="viewpart hidden")
     sidebar = html.Div([
         _control("Atlas", dcc.Dropdown(id="atlas-dd", clearable=False)),
+        _control("View", dcc.RadioItems(id="view-radio", inline=True, options=VIEW_OPTIONS, value="cloud")),
+        latent_controls,
+        html.Div([
         _control("Layer", dcc.Dropdown(id="layer-dd", clearable=False)),
         _control("Layout", dcc.RadioItems(id="layout-radio", inline=True,
                                           options=[{"label": " PCA", "value": "pca"}, {"label": " UMAP", "value": "umap"}])),
@@ -67,10 +90,12 @@ def page(banner: str | None) -> html.Div:
         html.Div(id="exports", className="exports"),
         html.H4("Legend"),
         html.Div(id="legend", className="legend"),
+        ], id="cloud-controls", className="viewpart"),
     ], className="sidebar")
     return html.Div([
         dcc.Location(id="url", refresh=False),
-        dcc.Store(id="view"), dcc.Store(id="rendered"), dcc.Store(id="spectra-key"), dcc.Store(id="spectra-layers"),
+        dcc.Store(id="view"), dcc.Store(id="rendered"), dcc.Store(id="latent-rendered"),
+        dcc.Store(id="latent-panels-key"), dcc.Store(id="spectra-key"), dcc.Store(id="spectra-layers"),
         html.Header([html.H1("saegeo"), html.Span("geometry of sparse-autoencoder features", className="muted"),
                      html.Div(banner or "", id="custom-banner", className="banner info" if banner else "")]),
         html.Div(id="banner"),
@@ -78,11 +103,23 @@ def page(banner: str | None) -> html.Div:
         html.Div(id="notice"),
         html.Div([
             sidebar,
-            html.Div([dcc.Graph(id="cloud", config={"displaylogo": False, "scrollZoom": True},
-                                style={"height": "72vh"}),
-                      html.Div(id="cloud-exports", className="fexports")], className="main"),
-            html.Div(id="card", className="card"),
+            html.Div([
+                html.Div([dcc.Graph(id="cloud", config={"displaylogo": False, "scrollZoom": True},
+                                    style={"height": "72vh"}),
+                          html.Div(id="cloud-exports", className="fexports")], id="cloud-main", className="main"),
+                html.Div([dcc.Graph(id="latent-cloud", config={"displaylogo": False, "scrollZoom": True},
+                                    style={"height": "72vh"}),
+                          html.P(id="latent-note", className="muted")], id="latent-main", className="main hidden"),
+            ]),
+            html.Div([html.Div(id="card", className="card"),
+                      html.Div(id="latent-card", className="card hidden")]),
         ], className="grid"),
+        html.Section([
+            html.Div([dcc.Graph(id=f"latent-{name}-fig", config=GRAPH_CONFIG, style={"height": "380px"})
+                      for name in ("norms", "positions", "sep")], className="prow latent-prow"),
+            html.P("Click a layer on the norm or separation plot to open it. Dashed: the same score with "
+                   "shuffled labels; diamonds: position 0.", className="muted"),
+        ], id="latent-panels", className="panels hidden"),
         html.Div([
             dcc.Tabs(id="panel-tabs", value="spectra", className="panel-tabs", children=[
                 dcc.Tab(label=label, value=value, className="ptab", selected_className="ptab-on")
@@ -99,7 +136,7 @@ def page(banner: str | None) -> html.Div:
                 ], className="prow")], id="panel-spectra", className="panel"),
             html.Section(html.Div(id="lobes"), id="panel-lobes", className="panel hidden"),
             html.Section(html.Div(id="crystals"), id="panel-crystals", className="panel hidden"),
-        ], className="panels"),
+        ], id="cloud-panels", className="panels"),
         dcc.Store(id="img-export-done"),
     ], className="page")
 
@@ -119,7 +156,10 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
         inputs={"search": Input("url", "search"), "controls": CONTROL_INPUTS,
                 "clicks": {"cloud": Input("cloud", "clickData"), "spectra": Input("spectra", "clickData"),
                            "alpha": Input("alpha-fig", "clickData"),
-                           "negentropy": Input("negentropy-fig", "clickData")}},
+                           "negentropy": Input("negentropy-fig", "clickData"),
+                           "latent": Input("latent-cloud", "clickData"),
+                           "latent_norms": Input("latent-norms-fig", "clickData"),
+                           "latent_sep": Input("latent-sep-fig", "clickData")}},
         state={"prev": State("view", "data"), "curve_layers": State("spectra-layers", "data")},
     )
     def controller(search, controls, clicks, prev, curve_layers):
@@ -137,6 +177,8 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
                 st = st.with_(panel=controls["panel"])
             elif prop in ("alpha-fig.clickData", "negentropy-fig.clickData"):
                 st = _clicked_layer(st, clicks["alpha" if prop.startswith("alpha") else "negentropy"])
+            elif prop.startswith(("latent-", "view-radio.")):
+                st = _apply_latent_control(store, st, prop, controls, clicks)
             else:
                 st = _apply_control(store, st, prop, controls, clicks, curve_layers)
             st, _ = resolve(st, store)  # a control can only ask for what exists; snap silently
@@ -183,7 +225,8 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
     @app.callback(Output("cloud", "figure"), Output("rendered", "data"), Output("legend", "children"),
                   Input("view", "data"), State("rendered", "data"))
     def draw(view, rendered):
-        if not view or view.get("atlas") is None:
+        # the hidden cloud waits: "rendered" keeps what it shows, so coming back patches from there
+        if not view or view.get("atlas") is None or view.get("layer") is None or view.get("view") == "latent":
             raise PreventUpdate
         st = ViewState.model_validate(view)
         old = ViewState.model_validate(rendered) if rendered else None
@@ -209,6 +252,8 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
         banner = html.Div(f"Synthetic atlas: {m.title or st.atlas} holds generated data with planted structure, "
                           "not measurements of a model.", className="banner synthetic", id="synthetic-banner") \
             if m.synthetic else []
+        if st.layer is None:   # a model-only atlas: no features
+            return [], [], banner, [], [], []
         # a closed panel keeps what it showed; opening it is a view change that redraws it
         lobes = panels.lobes_panel(store, st, prefix) if st.panel == "lobes" else no_update
         crystals = panels.crystals_panel(store, st, prefix) if st.panel == "crystals" else no_update
@@ -220,7 +265,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
                   Output("spectra-exports", "children"), Output("alpha-exports", "children"),
                   Output("negentropy-exports", "children"), Input("view", "data"), State("spectra-key", "data"))
     def spectra(view, key):
-        if not view or view.get("atlas") is None:
+        if not view or view.get("atlas") is None or view.get("layer") is None:
             raise PreventUpdate
         st = ViewState.model_validate(view)
         if key == [st.atlas, st.layer]:
@@ -239,6 +284,52 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
         return (fig, html.P("Click a curve or a layer's point to open that layer. Dashed grey: isotropic cloud of "
                             "the same shape and total variance; dotted: power-law fit.", className="muted"),
                 [st.atlas, st.layer], [t.meta for t in fig.data], *extra, *exports)
+
+    @app.callback(Output("latent-cloud", "figure"), Output("latent-rendered", "data"),
+                  Output("latent-legend", "children"), Output("latent-note", "children"),
+                  Input("view", "data"), State("latent-rendered", "data"))
+    def latent_draw(view, rendered):
+        """The latent cloud: drawn whole when what it shows changes, patched for a selection."""
+        if not view or view.get("atlas") is None or view.get("view") != "latent":
+            raise PreventUpdate
+        st = ViewState.model_validate(view)
+        key = [st.atlas, st.latent_layer, st.latent_projection, st.latent_color]
+        try:
+            if rendered and rendered["key"] == key:
+                if rendered["point"] == list(st.latent_point or []):
+                    raise PreventUpdate
+                return (latent_view.patch_selection(store, st), {"key": key, "point": list(st.latent_point or [])},
+                        no_update, no_update)
+            fig, legend, note = latent_view.figure(store, st)
+        except (UnknownAtlas, UnknownItem, AtlasError):
+            raise PreventUpdate from None
+        return fig, {"key": key, "point": list(st.latent_point or [])}, latent_view.legend(legend), note
+
+    @app.callback(Output("latent-norms-fig", "figure"), Output("latent-positions-fig", "figure"),
+                  Output("latent-sep-fig", "figure"), Output("latent-panels-key", "data"),
+                  Input("view", "data"), State("latent-panels-key", "data"))
+    def latent_panels(view, key):
+        if not view or view.get("atlas") is None or view.get("view") != "latent":
+            raise PreventUpdate
+        st = ViewState.model_validate(view)
+        if key == [st.atlas, st.latent_layer]:
+            raise PreventUpdate
+        try:
+            figs = (latent_view.norms_by_layer(store, st), latent_view.norms_by_position(store, st),
+                    latent_view.separation(store, st))
+        except (UnknownAtlas, UnknownItem, AtlasError):
+            raise PreventUpdate from None
+        return (*figs, [st.atlas, st.latent_layer])
+
+    @app.callback(Output("latent-card", "children"), Input("view", "data"))
+    def latent_card(view):
+        if not view or view.get("atlas") is None or view.get("view") != "latent":
+            raise PreventUpdate
+        st = ViewState.model_validate(view)
+        try:
+            return latent_view.token_card(store, st)
+        except (UnknownAtlas, UnknownItem, AtlasError):
+            raise PreventUpdate from None
 
     @app.callback(Output("search-results", "children"), Input("search-btn", "n_clicks"),
                   Input("search-input", "n_submit"), State("search-input", "value"), State("view", "data"),
@@ -318,6 +409,31 @@ def _apply_control(store: AtlasStore, st: ViewState, prop: str, controls: dict, 
     raise PreventUpdate
 
 
+def _apply_latent_control(store: AtlasStore, st: ViewState, prop: str, controls: dict, clicks: dict) -> ViewState:
+    """The view a change of the view switch or a latent control (or a click in the latent view) asks for."""
+    c = controls
+    if prop == "view-radio.value" and c["view"] in ("cloud", "latent") and c["view"] != st.view:
+        return st.with_(view=c["view"])
+    if prop == "latent-layer-dd.value" and c["latent_layer"] is not None:
+        L = None if c["latent_layer"] == "all" else int(c["latent_layer"])
+        if L != st.latent_layer:
+            return st.with_(latent_layer=L, latent_point=None)
+    if prop == "latent-proj-radio.value" and c["latent_projection"] in ("pca", "umap") \
+            and c["latent_projection"] != st.latent_projection:
+        return st.with_(latent_projection=c["latent_projection"])
+    if prop == "latent-color-dd.value" and c["latent_color"] and c["latent_color"] != st.latent_color:
+        return st.with_(latent_color=c["latent_color"])
+    if prop == "latent-cloud.clickData" and st.view == "latent":
+        pt = latent_view.clicked_point(store, st, clicks["latent"])
+        if pt is not None:
+            return st.with_(latent_point=pt)
+    if prop in ("latent-norms-fig.clickData", "latent-sep-fig.clickData") and st.view == "latent":
+        L = latent_view.clicked_layer(store, st, clicks["latent_norms" if "norms" in prop else "latent_sep"])
+        if L is not None and L != st.latent_layer:
+            return st.with_(latent_layer=L, latent_point=None)
+    raise PreventUpdate
+
+
 def _picked_coloring(kind_v, aff_v, k_v) -> Coloring:
     """The colouring the colour, affinity and k dropdowns ask for (the layer's default where
     one is left empty)."""
@@ -365,9 +481,11 @@ def _clicked_feature(store: AtlasStore, st: ViewState, click) -> int:
 
 def _controls(store: AtlasStore, st: ViewState) -> dict:
     """Options and values of every control (the keys of CONTROL_OUTPUTS) for a resolved state."""
-    panels = {"panel": st.panel, "panel_classes": ["panel" if p == st.panel else "panel hidden" for p in PANELS]}
-    if st.atlas is None:
-        return {"atlas_options": [], "atlas": None, "layer_options": [], "layer": None, "layout_options": [],
+    panels = {"panel": st.panel, "panel_classes": ["panel" if p == st.panel else "panel hidden" for p in PANELS],
+              **_latent_controls(store, st)}
+    if st.atlas is None or st.layer is None:
+        return {"atlas_options": [{"label": n, "value": n} for n in store.names()], "atlas": st.atlas,
+                "layer_options": [], "layer": None, "layout_options": [],
                 "layout": None, "coloring": None, "affinity_options": [], "affinity": None, "k_options": [],
                 "k": None, "size": [], "crystals": [], "min_edge_cos": 0.5, **panels}
     layouts = store.layouts(st.atlas, st.layer) or ["pca"]
@@ -388,6 +506,41 @@ def _controls(store: AtlasStore, st: ViewState) -> dict:
         "k": st.coloring.k if kind in ("lobe", "geometry") else None,
         "size": ["freq"] if st.size_by_freq else [], "crystals": ["on"] if st.min_edge_cos is not None else [],
         "min_edge_cos": st.min_edge_cos if st.min_edge_cos is not None else 0.5, **panels}
+
+
+def _latent_controls(store: AtlasStore, st: ViewState) -> dict:
+    """The view switch and the latent controls: values, options, and which view's parts show."""
+    classes = [cls if view == st.view else f"{cls} hidden" for view in ("cloud", "latent")
+               for _, cls in VIEW_PARTS[view]]
+    out = {"view": st.view, "view_classes": classes, "latent_layer": None, "latent_layer_options": [],
+           "latent_projection": st.latent_projection, "latent_color": st.latent_color,
+           "latent_projection_options": [{**o, "disabled": True} for o in LATENT_PROJECTIONS],
+           "latent_color_options": latent_view.COLOR_OPTIONS}
+    has_latent = has_layers = False
+    if st.atlas is not None:
+        try:
+            m = store.open(st.atlas).manifest
+            has_latent, has_layers = m.latent is not None, bool(m.layers)
+        except (UnknownAtlas, AtlasError):
+            pass
+    out["view_options"] = [{**VIEW_OPTIONS[0], "disabled": not has_layers},
+                           {**VIEW_OPTIONS[1], "disabled": not has_latent,
+                            "title": "" if has_latent else "this atlas has no latent capture"}]
+    if not has_latent:
+        return out
+    n = m.model.n_layers
+    projections = store.latent_projections(st.atlas) if st.latent_layer is not None else ["pca"]
+    out.update(latent_layer="all" if st.latent_layer is None else st.latent_layer,
+               latent_layer_options=[{"label": "all layers", "value": "all"}]
+               + [{"label": f"layer {L}", "value": L} for L in range(n)],
+               latent_projection_options=[{**o, "disabled": o["value"] not in projections}
+                                          for o in LATENT_PROJECTIONS],
+               latent_color_options=[{**o, "disabled": o["value"] == "layer" and st.latent_layer is not None}
+                                     for o in latent_view.COLOR_OPTIONS])
+    return out
+
+
+LATENT_PROJECTIONS = [{"label": " PCA", "value": "pca"}, {"label": " UMAP", "value": "umap"}]
 
 
 def _notice(notes: list[str]):
