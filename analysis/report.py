@@ -41,6 +41,8 @@ def build_report(atlas) -> dict:
                                "ranks": pl["ranks"], "isotropic_slope": g["isotropic"].get("slope"),
                                "entropy": ent["entropy"], "entropy_std": ent["entropy_std"],
                                "negentropy": ent["negentropy"], "negentropy_std": ent["negentropy_std"],
+                               "negentropy_ci95": ent.get("negentropy_ci95"),
+                               "null_negentropy": ent.get("null_negentropy"),
                                "estimator": g.get("estimator", ent.get("estimator"))}
         if atlas.has(b + "brain.json"):
             bj = atlas.json(b + "brain.json")
@@ -125,12 +127,15 @@ def format_report(report: dict) -> str:
     if gal:
         lines += ["Galaxy: power law log10 λ_r = a - α log10 r and clustering entropy",
                   f"{'layer':>5} {'alpha':>7} {'±95%':>7} {'ranks':>9} {'iso slope':>9} "
-                  f"{'entropy':>10} {'negentropy':>11} {'±std':>7} estimator"]
+                  f"{'entropy':>10} {'negentropy':>11} {'±std':>7} {'±t·SE':>7} {'gauss null':>10} estimator"]
         for L, g in gal.items():
             lines.append(f"{L:>5} {_f(g['alpha']):>7} {_f(g['ci95']):>7} {str(g['ranks'][0]) + '-' + str(g['ranks'][1]):>9} "
                          f"{_f(g['isotropic_slope']):>9} {_f(g['entropy'], '{:.2f}'):>10} "
-                         f"{_f(g['negentropy'], '{:.2f}'):>11} {_f(g['negentropy_std'], '{:.2f}'):>7} {g['estimator']}")
-        lines.append("")
+                         f"{_f(g['negentropy'], '{:.2f}'):>11} {_f(g['negentropy_std'], '{:.2f}'):>7} "
+                         f"{_f(g.get('negentropy_ci95'), '{:.2f}'):>7} {_f(g.get('null_negentropy'), '{:.2f}'):>10} "
+                         f"{g['estimator']}")
+        lines += ["(gauss null: the same estimator's negentropy on a Gaussian sample of the same size and "
+                  "component variances, whose true negentropy is 0 - the estimator's bias)", ""]
     for L, e in layers.items():
         if "brain" not in e:
             continue

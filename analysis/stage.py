@@ -55,6 +55,7 @@ class GeometryConfig(BaseModel):
     entropy_bootstrap: int = 30
     entropy_seed: int = 0
     entropy_estimator: str = "textbook"                  # or "published"
+    entropy_gaussian_null: bool = True                   # same estimator on a Gaussian of the same n, d
     # atom (METHODS 2)
     crystals: bool = True
     # The decoder-cloud search is this project's extension (no published setting). On the
@@ -133,7 +134,7 @@ def compute_galaxy(W, config: GeometryConfig) -> dict:
     iso = galaxy.isotropic_baseline(W.shape[0], W.shape[1], config.isotropic_seed, config.fit_ranks)
     ent = galaxy.clustering_entropy(W, config.entropy_samples, config.entropy_components,
                                     config.entropy_k, config.entropy_bootstrap, config.entropy_seed,
-                                    config.entropy_estimator)
+                                    config.entropy_estimator, config.entropy_gaussian_null)
     return {"spectrum.npy": spec,
             "galaxy.json": {"power_law": fit, "isotropic": iso, "entropy": ent,
                             "estimator": config.entropy_estimator}}
