@@ -116,3 +116,18 @@ def test_gaussian_null_shows_the_estimators_bias():
     assert r["null_negentropy"] > 50          # the published variant's bias alone
     assert "null_negentropy" not in galaxy.clustering_entropy(G, n_samples=300, n_components=5, n_bootstrap=3,
                                                               gaussian_null=False)
+
+
+def test_fit_window_is_ranks_11_to_150_exactly():
+    # a different exponent inside ranks 11-150 than before rank 11 and after rank 150: a window
+    # shifted by even a few ranks, or 0-based where 1-based is meant, moves the fitted alpha
+    r = np.arange(1, 301, dtype=float)
+    inside = 0.4
+    lam = r ** -inside
+    lam[r < 11] = 10 * r[r < 11] ** -1.5            # steeper and a decade above
+    lam[r > 150] = 0.1 * r[r > 150] ** -2.0          # steeper and a decade below
+    fit = galaxy.power_law_fit(lam)
+    assert fit["ranks"] == [11, 150]
+    assert fit["alpha"] == pytest.approx(inside, abs=1e-9)
+    for lo, hi in [(10, 149), (12, 151), (1, 150), (11, 160)]:
+        assert abs(galaxy.power_law_fit(lam, ranks=(lo, hi))["alpha"] - inside) > 1e-3
