@@ -379,3 +379,75 @@ def _latent_figures(atlas, lat: dict, plt, save) -> None:
             ax.set(title=f"layer {L}: {title}", xlabel="1", ylabel="2")
         axes[0][0].legend(fontsize=7, markerscale=3)
         save(fig, f"latent_{key}_layers.png")
+
+
+# --------------------------------------------------------------------------- comparisons (METHODS 5)
+
+
+def comparison_report(comparison) -> dict:
+    """The numbers of a comparison (path or opened ``analysis.universality.Comparison``):
+    the layer-by-layer SVCCA and RSA matrices with p-values and pair counts, the per-pair
+    details, the alignment, and the semantic-subspace table."""
+    from analysis.universality import open_comparison
+
+    c = open_comparison(comparison) if isinstance(comparison, (str, Path)) else comparison
+    m = c.manifest
+    cfg = m.configs.get("compare", {})
+
+    def mat(name):
+        return [[None if not np.isfinite(v) else float(v) for v in row] for row in np.asarray(c.array(name))]
+
+    subs = c.subspaces()
+    return {"comparison": str(c.path), "title": m.title,
+            "a": m.a.model_dump(), "b": m.b.model_dump(), "alignment": m.alignment.model_dump(),
+            "settings": {k: cfg.get(k) for k in ("pairing", "one_to_one_rule", "min_corr", "filter_punctuation",
+                                                  "require_shared_token", "svcca_variant", "variance", "n_shuffles",
+                                                  "n_shuffles_small", "rsa_max_pairs")},
+            "layers_a": m.a.layers, "layers_b": m.b.layers,
+            "svcca": mat("svcca"), "svcca_p": mat("svcca_p"), "rsa": mat("rsa"), "rsa_p": mat("rsa_p"),
+            "n_pairs": np.asarray(c.array("n_pairs")).tolist(), "pairs": c.summary()["pairs"],
+            "subspaces": [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+                          for row in subs.to_dict("records")]}
+
+
+def _cell(v, p) -> str:
+    return f"{'-':>15}" if v is None else f"{v:>6.3f} (p {p:.3f})" if p is not None else f"{v:>15.3f}"
+
+
+def format_comparison(rep: dict) -> str:
+    """Plain-text tables of ``comparison_report``: the two heat maps, the pair counts, the subspaces."""
+    al, s = rep["alignment"], rep["settings"]
+    lines = [f"comparison {rep['comparison']}", rep["title"], "",
+             f"A: {rep['a']['model']} ({rep['a']['path']}), layers {rep['layers_a']}",
+             f"B: {rep['b']['model']} ({rep['b']['path']}), layers {rep['layers_b']}",
+             f"Units: {al['n_units']} from {al['n_documents']} documents ({al['n_tokens_a']} tokens of A, "
+             f"{al['n_tokens_b']} of B); {'same tokenizer, one unit per token' if al['same_tokenizer'] else al['unit']}"
+             + (f"; {al['dropped_spans']} span(s) dropped" if al["dropped_spans"] else ""),
+             f"Pairing {s['pairing']}" + (f" ({s['one_to_one_rule']} rule)" if s["pairing"] == "one_to_one" else "")
+             + f"; filters: correlation > {s['min_corr']}, punctuation {'on' if s['filter_punctuation'] else 'off'}, "
+               f"shared token {'on' if s['require_shared_token'] else 'off'}; SVCCA {s['svcca_variant']} "
+               f"({s['variance']:.0%} variance); nulls: {s['n_shuffles']} row shuffles "
+               f"({s['n_shuffles_small']} for small sets)", ""]
+    width = 17
+    for name in ("svcca", "rsa"):
+        lines.append(f"{name.upper()} of paired decoder directions (rows: A layers, columns: B layers; "
+                     f"p = (1 + #shuffles >= observed) / (1 + shuffles))")
+        lines.append(f"{'A/B':>6} " + " ".join(f"{'L' + str(lb):>{width}}" for lb in rep["layers_b"]))
+        for i, la in enumerate(rep["layers_a"]):
+            lines.append(f"{'L' + str(la):>6} " + " ".join(
+                f"{_cell(rep[name][i][j], rep[name + '_p'][i][j]):>{width}}" for j in range(len(rep["layers_b"]))))
+        lines.append("")
+    lines.append("Pairs per layer pair (kept after the filters; features of B; distinct A features; mean correlation kept)")
+    lines.append(f"{'A':>4} {'B':>4} {'kept':>6} {'of B':>6} {'corr ok':>8} {'punct':>6} {'shared':>7} "
+                 f"{'distinct A':>10} {'mean r':>7}")
+    for p in rep["pairs"]:
+        lines.append(f"{p['layer_a']:>4} {p['layer_b']:>4} {p['n_pairs']:>6} {p['n_features_b']:>6} "
+                     f"{p['n_corr_ok']:>8} {p['n_punctuation']:>6} {p['n_shared']:>7} {p['distinct_a']:>10} "
+                     f"{_f(p['mean_corr_kept']):>7}")
+    lines += ["", "Semantic subspaces (keyword groups; features per side, pairs, SVCCA and RSA with p-values)",
+              f"{'A':>4} {'B':>4} {'group':>14} {'n A':>4} {'n B':>4} {'pairs':>5} {'SVCCA':>16} {'RSA':>16}  note"]
+    for r in rep["subspaces"]:
+        lines.append(f"{r['layer_a']:>4} {r['layer_b']:>4} {r['group']:>14} {r['n_a']:>4} {r['n_b']:>4} "
+                     f"{r['n_pairs']:>5} {_cell(r['svcca'], r['svcca_p']):>16} {_cell(r['rsa'], r['rsa_p']):>16}  "
+                     f"{('skipped: ' + r['skipped']) if r['skipped'] else ''}")
+    return "\n".join(lines)

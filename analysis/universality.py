@@ -47,6 +47,8 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, Field, ValidationError
 
+from analysis.atlas import FileInfo
+
 KEYWORDS_FILE = Path(__file__).with_name("keywords.tsv")
 COMPARISON_KIND = "saegeo-comparison"
 COMPARISON_SCHEMA = 1
@@ -720,7 +722,7 @@ class ComparisonManifest(BaseModel):
     configs: dict[str, Any] = Field(default_factory=dict)
     software: dict[str, str] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
-    files: dict[str, Any] = Field(default_factory=dict)     # analysis.atlas.FileInfo per file
+    files: dict[str, FileInfo] = Field(default_factory=dict)
 
     def pair_file(self, layer_a: int, layer_b: int) -> str:
         return f"pairs/{layer_a}_{layer_b}.parquet"
@@ -750,7 +752,7 @@ def is_comparison(path: str | os.PathLike) -> bool:
 
 def validate_comparison(path: str | os.PathLike, verify: Literal["checksum", "size"] = "checksum") -> list[str]:
     """Every problem with the comparison at ``path``, one line each (empty: sound)."""
-    from analysis.atlas import FileInfo, _npy_header, _sha256
+    from analysis.atlas import _npy_header, _sha256
 
     path = Path(path)
     mpath = path / "manifest.json"
@@ -769,7 +771,7 @@ def validate_comparison(path: str | os.PathLike, verify: Literal["checksum", "si
                 f"(this saegeo reads version {COMPARISON_SCHEMA})"]
     try:
         m = ComparisonManifest.model_validate(raw)
-        files = {rel: FileInfo.model_validate(v) for rel, v in m.files.items()}
+        files = m.files
     except ValidationError as e:
         err = e.errors()[0]
         return [f"{mpath}: invalid manifest field {'.'.join(str(x) for x in err['loc'])!r}: {err['msg']}"]

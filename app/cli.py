@@ -178,13 +178,80 @@ def train_saes(
 
 
 @app.command()
-def report(atlas: Annotated[Path, typer.Argument(help="Atlas directory.")],
+def compare(
+    atlas_a: Annotated[Path, typer.Argument(help="First atlas (A).")],
+    atlas_b: Annotated[Path, typer.Argument(help="Second atlas (B); the same path as A compares its layers with each other.")],
+    out: Annotated[Path, typer.Option(help="Comparison folder to write.")],
+    layers_a: Annotated[Optional[str], typer.Option(help="Comma-separated layers of A (default: all).")] = None,
+    layers_b: Annotated[Optional[str], typer.Option(help="Comma-separated layers of B (default: all).")] = None,
+    corpus: Annotated[str, typer.Option(help="Text both SAE sets read: 'default' (embedded), a file or folder, or 'hf:NAME'.")] = "default",
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens of A's tokenizer to run.")] = 64_000,
+    seq_len: Annotated[int, typer.Option(min=8, help="Tokens per document on each side.")] = 256,
+    pairing: Annotated[str, typer.Option(help="'many_to_one' (each B feature with its best A feature) or 'one_to_one'.")] = "many_to_one",
+    one_to_one_rule: Annotated[str, typer.Option(help="One-to-one: 'first' (published: first B feature keeps the A feature) or 'highest' (highest correlation keeps it).")] = "first",
+    min_corr: Annotated[float, typer.Option(help="Drop pairs with correlation <= this (published 0.1; a negative value keeps every pair).")] = 0.1,
+    filter_punctuation: Annotated[bool, typer.Option("--filter-punctuation/--no-filter-punctuation", help="Drop pairs whose top-5 tokens are all punctuation or special tokens.")] = True,
+    require_shared_token: Annotated[bool, typer.Option("--require-shared-token/--no-require-shared-token", help="Drop pairs whose top-5 token lists share no token.")] = True,
+    svcca_variant: Annotated[str, typer.Option(help="'correct' (99 % variance kept) or 'published' (P3's code: one direction).")] = "correct",
+    n_shuffles: Annotated[int, typer.Option(min=0, help="Row shuffles of the null.")] = 100,
+    n_shuffles_small: Annotated[int, typer.Option(min=0, help="Row shuffles for small pair sets and subspaces.")] = 1000,
+    keywords: Annotated[Optional[Path], typer.Option(help="Keyword groups file (group<TAB>keyword lines; default: the shipped analysis/keywords.tsv).")] = None,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda'.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="Forward precision: auto, float32, bfloat16, float16.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted comparison.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing comparison at --out.")] = False,
+):
+    """Compare the SAE features of two atlases on the same text (METHODS 5): pairing, SVCCA, RSA, subspaces."""
+    try:
+        from precompute.compare import CompareConfig, run_compare
+        from precompute.errors import PrecomputeError   # CompareError, and model/SAE/corpus problems
+    except ImportError as e:
+        _fail(f"the precompute extra is not installed ({e}); run `pip install 'saegeo[precompute]'`")
+
+    def ints(v, name):
+        try:
+            return [int(x) for x in v.split(",") if x.strip()] if v else []
+        except ValueError:
+            _fail(f"--{name} must be comma-separated integers, got {v!r}")
+
+    try:
+        cfg = CompareConfig(atlas_a=atlas_a, atlas_b=atlas_b, out=out, layers_a=ints(layers_a, "layers-a"),
+                            layers_b=ints(layers_b, "layers-b"), corpus=corpus, max_tokens=max_tokens, seq_len=seq_len,
+                            pairing=pairing, one_to_one_rule=one_to_one_rule,
+                            min_corr=min_corr if min_corr >= 0 else None, filter_punctuation=filter_punctuation,
+                            require_shared_token=require_shared_token, svcca_variant=svcca_variant,
+                            n_shuffles=n_shuffles, n_shuffles_small=n_shuffles_small, keywords=keywords,
+                            device=device, dtype=dtype, threads=threads, resume=resume, overwrite=overwrite)
+    except ValueError as e:
+        _fail(f"bad compare settings: {str(e).splitlines()[0]} ({'; '.join(str(e).splitlines()[1:3])})")
+    try:
+        path = run_compare(cfg)
+    except PrecomputeError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted; run the same command with --resume to continue from the last checkpoint", 130)
+    typer.echo(f"wrote comparison {path}")
+
+
+@app.command()
+def report(atlas: Annotated[Path, typer.Argument(help="Atlas directory, or a comparison folder (saegeo compare).")],
            as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
            figures: Annotated[Optional[Path], typer.Option(help="Write PNG figures into this folder.")] = None):
-    """Print the published-style tables of an atlas (lobes, crystals, galaxy) and write figures."""
+    """Print the published-style tables of an atlas (lobes, crystals, galaxy) and write figures; or a comparison's tables."""
     from analysis.atlas import AtlasError, open_atlas
     from analysis.report import build_report, format_report, write_figures
+    from analysis.universality import is_comparison
 
+    if is_comparison(atlas):
+        from analysis.report import comparison_report, format_comparison
+
+        try:
+            rep = comparison_report(atlas)
+        except AtlasError as e:
+            _fail(str(e))
+        typer.echo(json.dumps(rep, indent=1, default=str) if as_json else format_comparison(rep))
+        return
     try:
         opened = open_atlas(atlas)
     except AtlasError as e:
