@@ -130,3 +130,39 @@ def test_malformed_colourings_are_refused(text):
 def test_a_colouring_built_from_parts_obeys_the_same_grammar(parts):
     with pytest.raises(ValueError, match="use lobe:<affinity>:<k>"):
         Coloring(**parts)
+
+
+# --------------------------------------------------------------------------- the Latent view's keys
+
+
+def test_latent_keys_round_trip_and_stay_out_of_cloud_links():
+    st = ViewState(atlas="demo", layer=9, view="latent", ll=12, lp="umap", lc="position", pt=(49, 17))
+    q = st.to_query()
+    assert q == "?atlas=demo&layer=9&layout=pca&color=lobe&view=latent&ll=12&lp=umap&lc=position&pt=49:17"
+    assert parse_query(q) == (st, [])
+    # all layers at once is the default, written out in the latent view
+    st = ViewState(atlas="demo", layer=9, view="latent")
+    assert st.to_query().endswith("&view=latent&ll=all&lp=pca&lc=kind")
+    assert parse_query(st.to_query()) == (st, [])
+    # the cloud view's links are as they were: latent settings kept in the state, not written
+    cloud = st.with_(view="cloud", ll=3, lc="layer")
+    assert cloud.to_query() == "?atlas=demo&layer=9&layout=pca&color=lobe"
+    # a model-only atlas (no SAE layer) has no feature keys to write
+    assert ViewState(atlas="m", view="latent").to_query() == "?atlas=m&view=latent&ll=all&lp=pca&lc=kind"
+
+
+@pytest.mark.parametrize("query, key", [
+    ("view=galaxy", "view"), ("ll=-1", "ll"), ("ll=first", "ll"), ("lp=tsne", "lp"), ("lc=rainbow", "lc"),
+    ("pt=12", "pt"), ("pt=a:b", "pt"), ("pt=1:2:3", "pt"), ("pt=-1:2", "pt"),
+])
+def test_malformed_latent_values_are_dropped_with_a_message(query, key):
+    st, problems = parse_query("?" + query)
+    assert len(problems) == 1 and problems[0].startswith(f"ignored {key}="), problems
+    assert st == ViewState()
+
+
+def test_an_atlas_without_a_latent_capture_shows_the_cloud_with_a_notice(store):
+    st, notes = resolve(parse_query("?atlas=syn&layer=1&view=latent&ll=3&pt=2:5")[0], store)
+    assert st.view == "cloud" and st.latent_point is None and (st.atlas, st.layer) == ("syn", 1)
+    assert notes == ["atlas 'syn' has no latent capture (saegeo precompute --latent); showing the feature cloud"]
+    assert "view" not in st.to_query()
