@@ -80,6 +80,7 @@ class LayerInfo(BaseModel):
     n_tokens: int = 0
     n_blocks: int = 0
     threshold: float | None = None
+    threshold_rule: str | None = None    # why this threshold (precompute.pipeline.threshold_rule)
     computed: list[str] = Field(default_factory=list)
 
 

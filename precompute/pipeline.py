@@ -83,7 +83,7 @@ class PrecomputeConfig(BaseModel):
     max_docs: int | None = None
     seq_len: int = 1024                     # tokens per document after BOS (published: 1024)
     block_size: int = 256                   # co-occurrence block (published: 256)
-    threshold: float | None = None          # None: 1.0 for loaded SAEs, 0.0 for TopK SAEs trained here
+    threshold: float | None = None          # None: by the SAE's architecture (threshold_rule)
     sae_width: int = 2048
     sae_k: int = 32
     train_tokens: int = 64_000
@@ -542,7 +542,8 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
         n_cached = _train_batches(cfg, tc, batches)
         mm = _capture_training(cfg, lm, tc, batches, n_cached, hooks, work)
         saes = _train(cfg, lm, layers, hooks, mm, work)
-    thresholds = {L: (cfg.threshold if cfg.threshold is not None else (0.0 if train else 1.0)) for L in layers}
+    rules = {L: threshold_rule(cfg.threshold, s.architecture) for L, s in zip(layers, saes)}
+    thresholds = {L: rule[0] for L, rule in rules.items()}
     results, evs = _statistics(cfg, lm, tc, batches, n_cached, mm, layers, hooks, saes, thresholds, work)
     pairs, word_arrays = (None, {})
     if cfg.word_pairs:
@@ -560,6 +561,7 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
                        dead_features=int((~fired).sum()), top_tokens_exact=r.top_tokens_exact)
         infos.append(LayerInfo(
             layer=L, hook=h, n_tokens=r.n_tokens, n_blocks=r.n_blocks, threshold=r.threshold,
+            threshold_rule=rules[L][1],
             computed=["stats"] + (["word_pairs"] if pairs is not None else []),
             sae=SAEInfo(source=s.source, width=s.width, d_in=s.d_in, architecture=s.architecture, hook=h,
                         neuronpedia=s.neuronpedia, training=s.training, metrics=metrics)))
@@ -593,6 +595,22 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
     if cfg.latent:
         _latent(cfg, out, lm)
     return out
+
+
+def threshold_rule(threshold: float | None, architecture: str) -> tuple[float, str]:
+    """The firing threshold of an SAE and the rule that chose it (recorded in the manifest).
+
+    An explicit ``threshold`` wins. Otherwise TopK SAEs (``topk``, ``batchtopk``) fire when
+    a feature is among the k selected, i.e. its activation is > 0: their selected values
+    have no common scale, and a cut at 1 would drop selections arbitrarily. Every other
+    architecture (JumpReLU as in Gemma Scope, ReLU, gated) gets the published P1 threshold,
+    activation > 1 (METHODS 1 in docs/methods.md).
+    """
+    if threshold is not None:
+        return float(threshold), f"set: activation > {threshold:g}"
+    if architecture.lower() in ("topk", "batchtopk"):
+        return 0.0, f"architecture {architecture}: selected among the top k (activation > 0)"
+    return 1.0, f"architecture {architecture or 'unknown'}: published threshold (activation > 1)"
 
 
 def _statistics_done(out: Path) -> bool:

@@ -174,6 +174,7 @@ def test_precompute_with_gemma_and_gemma_scope(gemma_sae, tmp_path):
     assert m.corpus.n_tokens == 2000 and [i.layer for i in m.layers] == [12]
     info = m.layer(12)
     assert info.hook == "blocks.12.hook_resid_post" and info.n_tokens == 2000
+    assert info.threshold == 1.0 and "published" in info.threshold_rule       # JumpReLU: P1's threshold
     assert info.sae.source == f"sae-lens:{SPEC}" and info.sae.architecture == "jumprelu"
     assert (info.sae.width, info.sae.d_in, info.sae.neuronpedia) == (WIDTH, D_IN, NEURONPEDIA)
     np.testing.assert_array_equal(np.asarray(atlas.array("layers/12/decoder.npy")), params["w_dec"].numpy())

@@ -181,3 +181,20 @@ def test_tiny_atlas_through_geometry_opens_in_the_explorer(tiny, tmp_path):
     assert client.get("/api/atlases/tiny/layers/5/features/512").status_code == 404
     page = client.get("/", params={"atlas": "tiny", "layer": 5, "f": f})
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+
+
+def test_threshold_follows_the_sae_architecture(tmp_path):
+    from precompute.pipeline import threshold_rule
+
+    # the shipped SmolLM2 SAEs are TopK: a feature fires when it is among the k selected
+    out = run_precompute(PrecomputeConfig(model="smollm2", saes=["embedded"], max_tokens=1024, seq_len=128,
+                                          block_size=32, batch_size=4, eval_tokens=256, word_pairs=False,
+                                          geometry=False, progress=False, threads=1, out=tmp_path / "a"))
+    atlas = open_atlas(out)
+    for info in atlas.manifest.layers:
+        assert info.sae.architecture == "topk" and info.threshold == 0.0
+        assert "top k" in info.threshold_rule
+        fired = np.asarray(atlas.array(f"layers/{info.layer}/fire_count.npy")).sum() / info.n_tokens
+        assert 31.0 < fired <= 32.0                  # k = 32 selections per token, (almost) all positive
+    assert threshold_rule(None, "jumprelu") == (1.0, "architecture jumprelu: published threshold (activation > 1)")
+    assert threshold_rule(None, "standard")[0] == 1.0 and threshold_rule(2.5, "topk")[0] == 2.5
