@@ -70,6 +70,8 @@ class CorpusInfo(BaseModel):
     n_documents: int = 0
     n_tokens: int = 0
     block_size: int = 256
+    doc_tokens: int | None = None         # most tokens kept per document after BOS
+    document_length: str | None = None    # the rule, e.g. "1024 tokens per document including BOS"
     threshold: float | None = None
 
 

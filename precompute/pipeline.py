@@ -81,7 +81,10 @@ class PrecomputeConfig(BaseModel):
     subset_field: str | None = None         # dotted path; None: meta.pile_set_name when present
     max_tokens: int | None = 64_000          # tokens in the statistics pass (BOS excluded)
     max_docs: int | None = None
-    seq_len: int = 1024                     # tokens per document after BOS (published: 1024)
+    seq_len: int = 1024                     # tokens per document (published: 1024, BOS included)
+    # published: the 1,024 include BOS, so a long document has 1,023 tokens after it and 3 full
+    # 256-token blocks; False counts seq_len after BOS (4 blocks)
+    seq_len_includes_bos: bool = True
     block_size: int = 256                   # co-occurrence block (published: 256)
     threshold: float | None = None          # None: by the SAE's architecture (threshold_rule)
     sae_width: int = 2048
@@ -118,6 +121,10 @@ class PrecomputeConfig(BaseModel):
             given = {k: v for k, v in data.items() if v is not None}
             return {**PROFILES[data["profile"]], **given}
         return data
+
+    def doc_tokens(self) -> int:
+        """Tokens kept per document after BOS (every sequence gets a BOS first)."""
+        return self.seq_len - 1 if self.seq_len_includes_bos else self.seq_len
 
     def work_dir(self) -> Path:
         out = Path(self.out).expanduser().resolve()
@@ -290,7 +297,7 @@ def _tokenize(cfg: PrecomputeConfig, lm: LoadedModel, work: Path) -> TokenizedCo
     if path.is_file():
         return TokenizedCorpus.load(path)
     corpus = open_corpus(cfg.corpus, cfg.text_field, cfg.subset_field)
-    tc = tokenize_corpus(corpus, lm.tokenize, seq_len=cfg.seq_len, max_docs=cfg.max_docs,
+    tc = tokenize_corpus(corpus, lm.tokenize, seq_len=cfg.doc_tokens(), max_docs=cfg.max_docs,
                          max_tokens=cfg.max_tokens, progress=cfg.progress)
     import io
 
@@ -571,7 +578,9 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
                         tokenizer=type(lm.tokenizer).__name__, vocab_size=len(lm.tokenizer),
                         dtype=str(lm.dtype).removeprefix("torch."), hooks=lm.hook_tensors()),
         corpus=CorpusInfo(name=_corpus_name(work, cfg), subsets=tc.subsets, n_documents=tc.n_docs,
-                          n_tokens=tc.n_tokens, block_size=cfg.block_size,
+                          n_tokens=tc.n_tokens, block_size=cfg.block_size, doc_tokens=cfg.doc_tokens(),
+                          document_length=f"{cfg.seq_len} tokens per document "
+                                          f"{'including' if cfg.seq_len_includes_bos else 'after'} BOS",
                           threshold=thresholds[layers[0]] if len(set(thresholds.values())) == 1 else None),
         layers=infos, configs={"precompute": cfg.model_dump(mode="json")})
     with AtlasWriter(out, manifest, overwrite=cfg.overwrite) as w:

@@ -84,3 +84,10 @@ def test_hugging_face_dataset_offline_says_so(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CorpusError, match="Hub could not be reached"):
         open_corpus("hf:monology/pile-uncopyrighted")
+
+
+def test_document_length_counts_bos_as_published():
+    from precompute.pipeline import PrecomputeConfig
+
+    assert PrecomputeConfig().doc_tokens() == 1023           # 3 full 256-token blocks after BOS
+    assert PrecomputeConfig(seq_len_includes_bos=False).doc_tokens() == 1024

@@ -44,6 +44,10 @@ def test_tiny_profile_writes_a_valid_atlas(tiny):
     assert m.corpus.subsets == ["stdlib_code", "language_reference", "package_docs", "licenses", "math_docstrings"]
     assert m.corpus.n_tokens == 12_000 and m.configs["precompute"]["profile"] == "tiny"
     assert [i.layer for i in m.layers] == [2, 5]
+    # published document length: seq_len (256 here) counts BOS, so 255 tokens follow it and a
+    # long document has 3 full 64-token blocks, not 4
+    assert m.corpus.doc_tokens == 255 and m.corpus.document_length == "256 tokens per document including BOS"
+    assert m.layers[0].n_blocks <= 3 * m.corpus.n_documents
     for info in m.layers:
         L, F = info.layer, 512
         assert info.hook == hook_name(L) and info.threshold == 0.0 and info.n_tokens == 12_000
