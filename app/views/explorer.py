@@ -254,6 +254,8 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
             if m.synthetic else []
         if st.layer is None:   # a model-only atlas: no features
             return [], [], banner, [], [], []
+        if st.view == "latent":   # hidden: redrawn when the cloud comes back (the view changes then)
+            return no_update, no_update, banner, no_update, no_update, no_update
         # a closed panel keeps what it showed; opening it is a view change that redraws it
         lobes = panels.lobes_panel(store, st, prefix) if st.panel == "lobes" else no_update
         crystals = panels.crystals_panel(store, st, prefix) if st.panel == "crystals" else no_update
@@ -265,7 +267,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
                   Output("spectra-exports", "children"), Output("alpha-exports", "children"),
                   Output("negentropy-exports", "children"), Input("view", "data"), State("spectra-key", "data"))
     def spectra(view, key):
-        if not view or view.get("atlas") is None or view.get("layer") is None:
+        if not view or view.get("atlas") is None or view.get("layer") is None or view.get("view") == "latent":
             raise PreventUpdate
         st = ViewState.model_validate(view)
         if key == [st.atlas, st.layer]:
