@@ -83,6 +83,7 @@ class LayerInfo(BaseModel):
     n_blocks: int = 0
     threshold: float | None = None
     threshold_rule: str | None = None    # why this threshold (precompute.pipeline.threshold_rule)
+    word_pair_hook: str | None = None    # where word_h_in/out were read (published: resid_pre = hidden_states[L])
     computed: list[str] = Field(default_factory=list)
 
 

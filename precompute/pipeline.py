@@ -85,6 +85,10 @@ class PrecomputeConfig(BaseModel):
     # published: the 1,024 include BOS, so a long document has 1,023 tokens after it and 3 full
     # 256-token blocks; False counts seq_len after BOS (4 blocks)
     seq_len_includes_bos: bool = True
+    # which hidden state of "layer L" the word pairs take: hidden_states = Hugging Face's
+    # hidden_states[L], the residual stream entering block L (published; L = 0 is the
+    # embedding output); sae_hook = the SAE's own hook (resid_post of block L)
+    word_pair_layer: Literal["hidden_states", "sae_hook"] = "hidden_states"
     block_size: int = 256                   # co-occurrence block (published: 256)
     threshold: float | None = None          # None: by the SAE's architecture (threshold_rule)
     sae_width: int = 2048
@@ -461,8 +465,17 @@ def _statistics(cfg, lm, tc, batches, n_cached, mm, layers, hooks, saes, thresho
     return {L: stats[L].finalize() for L in layers}, {L: evs[L].value() for L in layers}
 
 
+def word_pair_hooks(cfg: PrecomputeConfig, layers: list[int], hooks: list[str]) -> list[str]:
+    """The hook each layer's word pairs are read at (``cfg.word_pair_layer``)."""
+    if cfg.word_pair_layer == "sae_hook":
+        return list(hooks)
+    return [hook_name(L, "resid_pre") for L in layers]
+
+
 def _word_pairs(cfg, lm, layers, hooks):
-    """Stage 4: hidden state at the last token of each word of the relation pairs (METHODS 2)."""
+    """Stage 4: hidden state at the last token of each word of the relation pairs (METHODS 2),
+    read at ``word_pair_hooks`` (by default Hugging Face's ``hidden_states[L]``)."""
+    hooks = word_pair_hooks(cfg, layers, hooks)
     try:
         from analysis.atom import load_word_pairs
     except ImportError:
@@ -569,6 +582,7 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
         infos.append(LayerInfo(
             layer=L, hook=h, n_tokens=r.n_tokens, n_blocks=r.n_blocks, threshold=r.threshold,
             threshold_rule=rules[L][1],
+            word_pair_hook=word_pair_hooks(cfg, [L], [h])[0] if pairs is not None else None,
             computed=["stats"] + (["word_pairs"] if pairs is not None else []),
             sae=SAEInfo(source=s.source, width=s.width, d_in=s.d_in, architecture=s.architecture, hook=h,
                         neuronpedia=s.neuronpedia, training=s.training, metrics=metrics)))

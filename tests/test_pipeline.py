@@ -76,11 +76,18 @@ def test_tiny_word_pairs_are_hidden_states_of_the_last_token(tiny):
     assert h_in.shape == (len(pairs), 576)
     word = pairs["input"].iloc[3]
     ids = torch.tensor([[lm.bos_token_id] + lm.tokenize(word)])
-    h = lm.capture(ids, [hook_name(5)])[hook_name(5)][0, -1].float().numpy()
+    # published layer convention: Hugging Face's hidden_states[5], the stream entering block 5
+    assert atlas.manifest.layer(5).word_pair_hook == "blocks.5.hook_resid_pre"
+    with torch.no_grad():
+        hs = lm.model(ids, output_hidden_states=True).hidden_states
+    h, h_next = hs[5][0, -1].float().numpy(), hs[6][0, -1].float().numpy()
     # the pipeline ran 64 words per padded batch: in bfloat16 the batched and single-sequence
     # products round differently, so compare directions and norms, not bits
-    cos = float(h_in[3] @ h / (np.linalg.norm(h_in[3]) * np.linalg.norm(h)))
+    def cosine(a, b):
+        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    cos = cosine(h_in[3], h)
     assert cos > 0.999 and np.linalg.norm(h_in[3]) == pytest.approx(np.linalg.norm(h), rel=1e-2)
+    assert cosine(h_in[3], h_next) < cos               # not block 5's output (the SAE hook)
     other = np.asarray(atlas.array("layers/5/word_h_in.npy"))[4]
     assert float(other @ h / (np.linalg.norm(other) * np.linalg.norm(h))) < cos
     assert pairs["input_last_token"].iloc[3] == lm.tokenizer.decode(lm.tokenize(word)[-1:])
