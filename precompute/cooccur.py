@@ -65,7 +65,11 @@ Other outputs:
   F x vocab array). If it exceeds ``max_token_pairs`` pairs it is pruned to the
   ``token_prune_keep`` most frequent tokens per feature, after which counts of rare pairs are
   lower bounds (``LayerStatsResult.top_tokens_exact`` says whether that happened).
-* Stored blocks: presence rows of the first ``max_stored_blocks`` blocks in feeding order.
+* Stored blocks: presence rows of a uniform sample of up to ``max_stored_blocks`` blocks of
+  the whole pass - the blocks with the smallest ``block_keys`` (a fixed hash of document id
+  and block index), in feeding order. The sample depends on neither the order nor the
+  batching of the documents (so corpora fed subset by subset are sampled evenly), and a
+  larger ``max_stored_blocks`` keeps every block a smaller one kept.
 
 ``state_dict()``/``load_state_dict()`` (and ``save``/``load``) capture the complete state;
 resuming and feeding the remaining batches gives results identical to an uninterrupted run.
@@ -147,7 +151,7 @@ class LayerStats:
     vocab : token id -> display string (e.g. ``tokenizer.convert_ids_to_tokens(range(V))``).
     threshold : firing threshold, fires when activation > threshold (published 1.0).
     block_size : tokens per co-occurrence block (published 256).
-    max_stored_blocks : presence rows kept for ``blocks.npz`` (the first ones fed).
+    max_stored_blocks : presence rows kept for ``blocks.npz`` (a uniform sample, ``block_keys``).
     hist_bins, hist_range : activation histogram (see ``hist_edges``).
     top_k_contexts, context_left, context_right : top-activating contexts per feature.
     top_k_tokens : tokens kept per feature in ``top_tokens``.
@@ -214,10 +218,15 @@ class LayerStats:
         self.cooc_i64 = None         # dense: int64 [F, F] folded sums (rarely needed)
         self.since_fold = 0
         self.cooc_csr = sp.csr_matrix((F, F), dtype=np.int64)     # sparse path
-        self.stored_rows: list = []  # numpy chunks (block row, feature) of stored blocks
+        # candidate blocks of the sample: numpy chunks of (candidate row, feature) pairs and,
+        # per candidate, its key, global block number and subset; pruned to the smallest keys
+        self.stored_rows: list = []
         self.stored_cols: list = []
         self.stored_sub: list = []
-        self.n_stored = 0
+        self.stored_keys: list = []
+        self.stored_gidx: list = []
+        self.n_stored = 0            # candidates held
+        self.key_cut = _KEY_MAX      # a block with a key >= this can no longer enter the sample
 
     @property
     def _W(self):
@@ -251,13 +260,15 @@ class LayerStats:
         state.update(
             config=self._config(), n_tokens=self.n_tokens, n_blocks=self.n_blocks,
             tok_pending_keys=cpu(pk), tok_pending_counts=cpu(pc), tok_pruned=self.tok_pruned,
-            since_fold=self.since_fold, n_stored=self.n_stored,
+            since_fold=self.since_fold, n_stored=self.n_stored, key_cut=int(self.key_cut),
             cooc_indptr=torch.from_numpy(csr.indptr.astype(np.int64)),
             cooc_indices=torch.from_numpy(csr.indices.astype(np.int64)),
             cooc_data=torch.from_numpy(csr.data.astype(np.int64)),
             stored_rows=torch.from_numpy(_cat(self.stored_rows, np.int64)),
             stored_cols=torch.from_numpy(_cat(self.stored_cols, np.int64)),
             stored_sub=torch.from_numpy(_cat(self.stored_sub, np.int64)),
+            stored_keys=torch.from_numpy(_cat(self.stored_keys, np.uint64).view(np.int64)),
+            stored_gidx=torch.from_numpy(_cat(self.stored_gidx, np.int64)),
         )
         return state
 
@@ -282,7 +293,10 @@ class LayerStats:
         self.stored_rows = [state["stored_rows"].numpy()]
         self.stored_cols = [state["stored_cols"].numpy()]
         self.stored_sub = [state["stored_sub"].numpy()]
+        self.stored_keys = [state["stored_keys"].numpy().view(np.uint64)]
+        self.stored_gidx = [state["stored_gidx"].numpy()]
         self.n_stored = int(state["n_stored"])
+        self.key_cut = np.uint64(state["key_cut"] % 2 ** 64)
 
     def save(self, path):
         """Write the state to ``path`` (torch.save of ``state_dict()``)."""
@@ -335,9 +349,9 @@ class LayerStats:
 
         self._update_tokens(f * len(self.vocab) + tok)
         self._update_contexts(n, t, f, v, N, T, token_ids, doc_ids, subset_ids, lengths)
-        self._update_blocks(n, t, f, subset_ids, lengths)
+        self._update_blocks(n, t, f, subset_ids, lengths, doc_ids)
 
-    def _update_blocks(self, n, t, f, subset_ids, lengths):
+    def _update_blocks(self, n, t, f, subset_ids, lengths, doc_ids):
         F, bs = self.F, self.block_size
         nfull = lengths // bs                                   # full blocks per document
         first = torch.cumsum(nfull, 0) - nfull                 # first block row per document
@@ -348,19 +362,51 @@ class LayerStats:
         pres = torch.zeros(nb + 1, F, dtype=torch.bool, device=self.device)
         pres[row, f] = True
         pres = pres[:nb]
-        if self.n_stored < self.max_stored_blocks and nb:
-            take = min(nb, self.max_stored_blocks - self.n_stored)
-            r, c = pres[:take].nonzero(as_tuple=True)
-            self.stored_rows.append((r + self.n_stored).cpu().numpy())
-            self.stored_cols.append(c.cpu().numpy())
-            self.stored_sub.append(torch.repeat_interleave(subset_ids, nfull)[:take].cpu().numpy())
-            self.n_stored += take
+        if self.max_stored_blocks and nb:
+            self._sample_blocks(pres, nfull, first, subset_ids, doc_ids)
         self.n_blocks += nb
         # dense path: keep the 0/1 rows; sparse path: keep (row, feature) pairs
         self.buf.append(pres if self.dense else (pres.nonzero(), nb))
         self.buf_blocks += nb
         if self.buf_blocks >= self.cooc_chunk_blocks:
             self._flush_cooc()
+
+    def _sample_blocks(self, pres, nfull, first, subset_ids, doc_ids):
+        """Add this batch's blocks whose keys can still make the sample (see ``block_keys``)."""
+        nb = pres.shape[0]
+        per_doc = nfull.cpu().numpy()
+        doc = np.repeat(doc_ids.cpu().numpy(), per_doc)
+        within = np.arange(nb) - np.repeat(first.cpu().numpy(), per_doc)
+        keys = block_keys(doc, within)
+        take = np.flatnonzero(keys < self.key_cut)
+        if not len(take):
+            return
+        r, c = pres[torch.from_numpy(take).to(pres.device)].nonzero(as_tuple=True)
+        self.stored_rows.append(r.cpu().numpy() + self.n_stored)
+        self.stored_cols.append(c.cpu().numpy())
+        self.stored_sub.append(np.repeat(subset_ids.cpu().numpy(), per_doc)[take])
+        self.stored_keys.append(keys[take])
+        self.stored_gidx.append(self.n_blocks + take)
+        self.n_stored += len(take)
+        if self.n_stored >= 2 * self.max_stored_blocks:
+            self._prune_sample()
+
+    def _prune_sample(self):
+        """Keep the ``max_stored_blocks`` candidates with the smallest keys, in feeding order."""
+        keys = _cat(self.stored_keys, np.uint64)
+        gidx = _cat(self.stored_gidx, np.int64)
+        rows, cols = _cat(self.stored_rows, np.int64), _cat(self.stored_cols, np.int64)
+        sub = _cat(self.stored_sub, np.int64)
+        keep = np.lexsort((gidx, keys))[:self.max_stored_blocks]
+        if len(keep) and len(keys) >= self.max_stored_blocks:
+            self.key_cut = keys[keep[-1]]
+        keep = keep[np.argsort(gidx[keep], kind="stable")]
+        new_row = np.full(len(keys), -1, np.int64)
+        new_row[keep] = np.arange(len(keep))
+        mine = new_row[rows] >= 0
+        self.stored_rows, self.stored_cols = [new_row[rows[mine]]], [cols[mine]]
+        self.stored_sub, self.stored_keys, self.stored_gidx = [sub[keep]], [keys[keep]], [gidx[keep]]
+        self.n_stored = len(keep)
 
     def _flush_cooc(self):
         """Add the buffered blocks' B^T B to the co-occurrence accumulator."""
@@ -473,6 +519,7 @@ class LayerStats:
                 cooc = _topk_symmetric(cooc, self.cooc_topk)
         cooc.sort_indices()
 
+        self._prune_sample()
         rows = _cat(self.stored_rows, np.int64)
         blocks = sp.csr_matrix((np.ones(len(rows), bool), (rows, _cat(self.stored_cols, np.int64))),
                                shape=(self.n_stored, F), dtype=bool)
@@ -600,6 +647,25 @@ def _topk_symmetric(C: sp.csr_matrix, k: int) -> sp.csr_matrix:
 def _np(t: torch.Tensor) -> np.ndarray:
     """A contiguous numpy copy (never a view of the live state)."""
     return np.ascontiguousarray(t.detach().cpu().numpy()).copy()
+
+
+_KEY_MAX = np.uint64(2 ** 64 - 1)
+
+
+def block_keys(doc_ids, block_index) -> np.ndarray:
+    """Sampling key [B] uint64 of each block from its document id and index within it.
+
+    A fixed 64-bit mix (splitmix64's finaliser) of ``doc_id * 2**24 + block_index``: the
+    blocks with the smallest keys form a uniform sample without replacement that is the
+    same whatever order or batches the blocks arrive in, and samples of different sizes nest.
+    """
+    with np.errstate(over="ignore"):
+        x = (np.asarray(doc_ids, np.int64).astype(np.uint64) << np.uint64(24)) \
+            + np.asarray(block_index, np.int64).astype(np.uint64)
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
 
 
 def _cat(chunks, dtype) -> np.ndarray:

@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from precompute.cooccur import LayerStats, hist_edges
+from precompute.cooccur import LayerStats, block_keys, hist_edges
 
 VOCAB = [f"t{i}" for i in range(50)]
 
@@ -127,7 +127,7 @@ def reference(docs, F, S, thr, bs, edges, k, left, right, k_tok):
                     C[i, j] += 1
             row = np.zeros(F, bool)
             row[present] = True
-            rows.append((row, d["subset"]))
+            rows.append((row, d["subset"], int(block_keys([d["doc"]], [blk])[0])))
             n_blocks += 1
         for f in range(F):
             firing = [t for t in range(L) if a[t, f] > thr]
@@ -169,9 +169,10 @@ def test_matches_slow_reference(dense_max):
     np.testing.assert_array_equal(r.subset_fire, ref["sub"])
     np.testing.assert_array_equal(r.act_hist, ref["hist"])
     assert r.act_hist[:, -1].sum() > 0        # open-ended last bin was exercised
-    # stored blocks: the first 7 in feeding order
-    np.testing.assert_array_equal(dense(r.blocks), np.array([row for row, _ in ref["rows"][:7]]))
-    np.testing.assert_array_equal(r.block_subset, [s for _, s in ref["rows"][:7]])
+    # stored blocks: the 7 with the smallest keys, in feeding order
+    kept = sorted(sorted(range(len(ref["rows"])), key=lambda i: ref["rows"][i][2])[:7])
+    np.testing.assert_array_equal(dense(r.blocks), np.array([ref["rows"][i][0] for i in kept]))
+    np.testing.assert_array_equal(r.block_subset, [ref["rows"][i][1] for i in kept])
     got = [tuple(x) for x in r.contexts[["feature", "rank", "value", "doc", "subset", "tokens",
                                         "peak"]].itertuples(index=False)]
     exp = [(f, rk, np.float32(v), doc, "xyz"[s], toks, p) for f, rk, v, doc, s, toks, p in ref["ctx"]]
@@ -375,3 +376,30 @@ def test_bad_ids_are_rejected_and_results_are_copies():
     r = st.finalize()
     st.update(**b)
     assert r.fire_count.tolist() == [1, 2, 2] and r.act_hist.sum() == 5
+
+
+def test_stored_blocks_sample_the_whole_pass_evenly():
+    # a corpus fed subset by subset (as the embedded one is): the first blocks fed are all
+    # subset x, but the stored sample must represent every subset by its share of blocks
+    rng = np.random.default_rng(7)
+    docs = []
+    for s in range(3):
+        for d in range(40):
+            a = rng.exponential(1.0, size=(32, 20)).astype(np.float32) * (rng.random((32, 20)) < 0.2)
+            docs.append(dict(acts=a, tokens=rng.integers(0, len(VOCAB), 32), doc=100 * s + d, subset=s, length=32))
+    kw = dict(threshold=0.5, block_size=4)                       # 8 blocks per document, 960 in all
+    r = run(docs, batch_size=5, max_stored_blocks=120, **kw)
+    assert r.n_blocks == 960 and r.blocks.shape[0] == 120
+    counts = np.bincount(r.block_subset, minlength=3)
+    assert counts.min() >= 25, counts                        # ~40 each; feeding order kept 120, 0, 0
+    # the same sample in any order and batching, and a larger sample holds the smaller one
+    rev = run(docs[::-1], batch_size=7, max_stored_blocks=120, **kw)
+    order = np.lexsort(dense(r.blocks).T[::-1])
+    order_rev = np.lexsort(dense(rev.blocks).T[::-1])
+    np.testing.assert_array_equal(dense(r.blocks)[order], dense(rev.blocks)[order_rev])
+    big = run(docs, batch_size=5, max_stored_blocks=300, **kw)
+    small_rows = {tuple(row) for row in dense(r.blocks)}
+    assert small_rows <= {tuple(row) for row in dense(big.blocks)}
+    everything = run(docs, batch_size=5, max_stored_blocks=10 ** 6, **kw)
+    assert everything.blocks.shape[0] == 960
+    np.testing.assert_array_equal(everything.block_subset, np.repeat([0, 1, 2], 320))
