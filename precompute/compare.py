@@ -696,3 +696,18 @@ def run_compare(cfg: CompareConfig) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     _log(cfg, f"comparison written to {out} in {time.time() - t0:.0f} s")
     return out
+
+
+def load_tokenizer(spec: str):
+    """The tokenizer of model ``spec`` alone (no weights): the embedded models' converted
+    folders, or what ``AutoTokenizer`` finds for a Hub id or folder."""
+    from transformers import AutoTokenizer
+
+    from precompute.models import EMBEDDED_GGUF, _converted, embedded_folder, embedded_name, gemma_gguf
+
+    name = embedded_name(spec)
+    if name == "smollm2":
+        return AutoTokenizer.from_pretrained(_converted(name, embedded_folder() / EMBEDDED_GGUF))
+    if name == "gemma3-270m":
+        return AutoTokenizer.from_pretrained(_converted(name, gemma_gguf()))
+    return AutoTokenizer.from_pretrained(spec)

@@ -194,3 +194,182 @@ def test_keywords_and_membership(tmp_path):
     f.write_text("colours red\n")
     with pytest.raises(ValueError, match="group<TAB>keyword"):
         U.load_keywords(f)
+
+
+# ------------------------------------------------------------------ real tokenizers
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    from precompute.compare import load_tokenizer
+
+    return load_tokenizer("smollm2"), load_tokenizer("gemma3-270m")
+
+
+def real_texts(n=12):
+    from precompute.corpus import open_corpus
+
+    docs = []
+    for i, d in enumerate(open_corpus("default")):
+        docs.append(d.text[:3000])
+        if len(docs) == n:
+            break
+    docs.append("Déjà vu — naïve café 日本語のテキスト 🙂👍🏽 tabs\tand   spaces\r\n"
+                "<|im_start|>user\nhi<|im_end|> <bos> <start_of_turn>model  x² ≤ ∑ αβγ\n\n\n  end")
+    return docs
+
+
+@pytest.mark.model
+def test_character_offset_alignment_of_smollm2_and_gemma3(tokenizers):
+    from precompute.compare import _encode
+
+    ta, tb = tokenizers
+    assert ta.is_fast and tb.is_fast and len(ta) != len(tb)
+    spec_a, spec_b = set(ta.all_special_ids), set(tb.all_special_ids)
+    total_units = total_chars = covered = 0
+    multi = 0
+    for text in real_texts():
+        ids_a, off_a = _encode(ta, text)
+        ids_b, off_b = _encode(tb, text)
+        keep_a = np.array([i not in spec_a for i in ids_a])
+        keep_b = np.array([i not in spec_b for i in ids_b])
+        al = U.align_offsets(off_a, off_b, keep_a, keep_b, n_chars=len(text))
+        assert np.all(al.end > al.start) and np.all(al.start[1:] >= al.end[:-1])       # ordered, disjoint
+        for side_ptr, side_tok, off, keep in ((al.ptr_a, al.tokens_a, off_a, keep_a),
+                                              (al.ptr_b, al.tokens_b, off_b, keep_b)):
+            assert len(np.unique(side_tok)) == len(side_tok) and keep[side_tok].all()  # no special token in a unit
+            for u in range(al.n_units):
+                toks = side_tok[side_ptr[u]:side_ptr[u + 1]]
+                assert len(toks) >= 1
+                chars = np.zeros(len(text), bool)
+                for s, e in off[toks]:
+                    chars[s:e] = True
+                # the unit's tokens cover exactly the unit's characters, every one of them
+                assert chars[al.start[u]:al.end[u]].all() and chars.sum() == al.end[u] - al.start[u]
+        multi += int((np.diff(al.ptr_a) > 1).sum() + (np.diff(al.ptr_b) > 1).sum())
+        total_units += al.n_units
+        total_chars += len(text)
+        covered += int((al.end - al.start).sum())
+    assert multi > 0                       # units of several tokens occur (the tokenizers differ)
+    assert total_units > 2000
+    assert covered / total_chars > 0.98    # almost all text is in some unit
+
+
+@pytest.mark.model
+def test_the_same_tokenizer_aligns_one_to_one(tokenizers):
+    from precompute.compare import _encode, same_tokenizer
+
+    ta, tb = tokenizers
+    assert same_tokenizer(ta, ta) and not same_tokenizer(ta, tb)
+    text = real_texts(2)[0]
+    ids, off = _encode(ta, text)
+    al = U.align_offsets(off, off, n_chars=len(text))
+    ident = U.identity_alignment(off)
+    assert ident.n_units == len(ids)
+    # offsets alone merge only byte pieces of one character; otherwise one unit per token
+    assert al.n_units == len({(s, e) for s, e in off.tolist()})
+
+
+# ------------------------------------------------------------------ the compare stage
+
+
+@pytest.fixture(scope="module")
+def real_atlases(tmp_path_factory):
+    """Two small real atlases (statistics only) of the embedded models with their shipped SAEs."""
+    from precompute.pipeline import PrecomputeConfig, run_precompute
+
+    root = tmp_path_factory.mktemp("atlases")
+    out = {}
+    for model, layers in (("smollm2", [8, 15]), ("gemma3-270m", [5])):
+        out[model] = run_precompute(PrecomputeConfig(
+            model=model, saes=["embedded"], layers=layers, max_tokens=1024, seq_len=128, out=root / model,
+            geometry=False, word_pairs=False, progress=False))
+    return out
+
+
+def run_cli(*args):
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+FAST = ("--n-shuffles", 20, "--n-shuffles-small", 50, "--max-tokens", 1500, "--seq-len", 128)
+
+
+@pytest.mark.model
+def test_compare_an_atlas_with_itself_pairs_every_feature_with_itself(real_atlases, tmp_path):
+    smol = real_atlases["smollm2"]
+    r = run_cli("compare", smol, smol, "--out", tmp_path / "self", "--layers-b", 8, *FAST)
+    assert r.exit_code == 0, r.output
+    c = U.open_comparison(tmp_path / "self")
+    m = c.manifest
+    assert m.alignment.same_tokenizer and m.alignment.n_units == m.alignment.n_tokens_a == m.alignment.n_tokens_b
+    assert m.a.layers == [8, 15] and m.b.layers == [8]
+    sv = np.asarray(c.array("svcca"))
+    p = c.pairs(8, 8)
+    fired = p["tokens_b"].map(len) > 0
+    assert (p["feature_a"] == p["feature_b"])[fired].mean() > 0.95   # ties between features firing identically
+    assert np.allclose(p.loc[fired, "corr"], 1.0, atol=1e-5)
+    assert sv[0, 0] > 0.9 and c.array("svcca_p")[0, 0] == pytest.approx(1 / 21)
+    assert sv[1, 0] < sv[0, 0]                                          # another layer is less similar
+    assert set(c.subspaces()["group"]) == set(U.load_keywords())
+    assert U.validate_comparison(tmp_path / "self") == []
+
+
+@pytest.mark.model
+def test_compare_two_models_with_two_tokenizers_end_to_end(real_atlases, tmp_path):
+    out = tmp_path / "smol-vs-gemma"
+    r = run_cli("compare", real_atlases["smollm2"], real_atlases["gemma3-270m"], "--out", out, "--layers-a", "8",
+                "--pairing", "one_to_one", "--one-to-one-rule", "highest", *FAST)
+    assert r.exit_code == 0, r.output
+    c = U.open_comparison(out)
+    al = c.manifest.alignment
+    assert not al.same_tokenizer and 0 < al.n_units <= min(al.n_tokens_a, al.n_tokens_b)
+    assert c.manifest.configs["compare"]["pairing"] == "one_to_one"
+    p = c.pairs(8, 5)
+    assert list(p.columns) == ["feature_b", "feature_a", "corr", "tokens_a", "tokens_b", "punctuation",
+                               "shared_token", "kept"]
+    kept = p[p["kept"]]
+    assert kept["feature_a"].is_unique and (kept["corr"] > 0.1).all() and kept["shared_token"].all()
+    assert len(kept) == c.array("n_pairs")[0, 0] > 10
+    r = run_cli("report", out)
+    assert r.exit_code == 0, r.output
+    for text in ("SVCCA of paired decoder directions", "RSA of paired", "Semantic subspaces", "L8", "L5",
+                 "needs > 2 per side"):
+        assert text in r.output
+    js = run_cli("report", out, "--json")
+    import json
+
+    rep = json.loads(js.output)
+    assert rep["layers_a"] == [8] and rep["layers_b"] == [5] and len(rep["svcca"]) == 1
+    # a truncated file is caught when the comparison is opened
+    f = out / "pairs" / "8_5.parquet"
+    f.write_bytes(f.read_bytes()[:-10])
+    r = run_cli("report", out)
+    assert r.exit_code == 1 and "truncated" in r.output
+
+
+@pytest.mark.model
+def test_compare_refuses_bad_input_clearly(real_atlases, tmp_path):
+    from analysis.synthetic import make_synthetic_atlas
+
+    smol, gemma = real_atlases["smollm2"], real_atlases["gemma3-270m"]
+    synth = make_synthetic_atlas(tmp_path / "synth", n_features=60, d_model=8, layers=(0,), n_blocks=50, geometry=False)
+    cases = [
+        ((tmp_path / "missing", gemma), "no such atlas directory"),
+        ((synth, gemma), "synthetic atlas has no model or SAEs"),
+        ((smol, gemma, "--layers-b", "9"), "atlas B"),
+        ((smol, gemma, "--layers-a", "8,8"), "twice"),
+        ((smol, gemma, "--pairing", "best"), "bad compare settings"),
+        ((smol, gemma, "--keywords", tmp_path / "none.tsv"), "keyword file"),
+    ]
+    for args, msg in cases:
+        r = run_cli("compare", *args, "--out", tmp_path / "c")
+        assert r.exit_code == 1 and msg in r.output, (args, r.output)
+        assert "Traceback" not in r.output
+        assert not (tmp_path / "c").exists()
+    (tmp_path / "taken").mkdir()
+    r = run_cli("compare", smol, gemma, "--out", tmp_path / "taken")
+    assert r.exit_code == 1 and "already exists" in r.output
