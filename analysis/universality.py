@@ -256,7 +256,7 @@ def _add_product(out: np.ndarray, A: sp.csr_matrix, B: sp.csr_matrix) -> None:
     flat[rows * out.shape[1] + P.indices] += P.data
 
 
-def correlation_blocks(A, B, *, chunk_units: int = 16384, max_bytes: int = 1 << 30,
+def correlation_blocks(A, B, *, chunk_units: int = 8192, max_bytes: int = 1 << 30,
                        block_b: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Pearson correlations of every A feature with every B feature, block by block.
 
@@ -298,6 +298,9 @@ def correlation_blocks(A, B, *, chunk_units: int = 16384, max_bytes: int = 1 << 
     ma, mb = sa / n, sb / n
     sda = np.sqrt(np.maximum(qa / n - ma * ma, 0.0))
     sdb = np.sqrt(np.maximum(qb / n - mb * mb, 0.0))
+    with np.errstate(divide="ignore"):
+        inv_a = np.where(sda > 0, 1.0 / sda, 0.0)   # a feature that never varies correlates 0
+        inv_b = np.where(sdb > 0, 1.0 / sdb, 0.0)
     if block_b is None:
         block_b = max(1, min(Fb, max_bytes // (8 * max(Fa, 1))))
     for b0 in range(0, Fb, block_b):
@@ -311,11 +314,13 @@ def correlation_blocks(A, B, *, chunk_units: int = 16384, max_bytes: int = 1 << 
                 _add_product(C, A[i:i + chunk_units], Bc[i:i + chunk_units])
             else:
                 C += np.asarray(A[i:i + chunk_units], np.float64).T @ np.asarray(Bc[i:i + chunk_units], np.float64)
-        C /= n
-        C -= np.outer(ma, mb[cols])
-        den = np.outer(sda, sdb[cols])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            C = np.where(den > 0, C / np.where(den > 0, den, 1.0), 0.0)
+        # (C / N - μ_A μ_Bᵀ) / (σ_A σ_Bᵀ) in place, a band of rows at a time (no second F_A x F_B buffer)
+        for r0 in range(0, Fa, 1024):
+            band = C[r0:r0 + 1024]
+            band /= n
+            band -= np.outer(ma[r0:r0 + 1024], mb[cols])
+            band *= inv_a[r0:r0 + 1024, None]
+            band *= inv_b[None, cols]
         yield cols, C
 
 

@@ -83,7 +83,7 @@ class CompareConfig(BaseModel):
     small_pairs: int = 200                   # below this many pairs a null gets n_shuffles_small
     rsa_max_pairs: int = 4096                # RSA on a seeded sample of at most this many pairs
     keywords: Path | None = None             # None: analysis/keywords.tsv
-    chunk_units: int = 16384
+    chunk_units: int = 8192
     max_bytes: int = 1 << 30                 # memory budget of one correlation block
     seed: int = 0
     overwrite: bool = False
