@@ -229,8 +229,10 @@ def _encode(tok, text: str) -> tuple[list[int], np.ndarray]:
 
 
 def _cut(cfg: CompareConfig, a: Side, b: Side, text: str):
-    """Tokenize ``text`` on both sides, cut to ``seq_len`` tokens on each side at a character
-    boundary both tokenizations share."""
+    """Tokenize ``text`` on both sides; when either side has more than ``seq_len`` tokens, cut
+    the text where the first side to reach ``seq_len`` tokens ends its last one, tokenize the
+    prefix again on both sides and drop any overhang beyond ``seq_len`` (its characters are
+    then covered on one side only, and the alignment leaves them out)."""
     ids_a, off_a = _encode(a.tokenizer, text)
     ids_b, off_b = (ids_a, off_a) if b.tokenizer is a.tokenizer else _encode(b.tokenizer, text)
     if len(ids_a) > cfg.seq_len or len(ids_b) > cfg.seq_len:

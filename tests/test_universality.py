@@ -373,3 +373,35 @@ def test_compare_refuses_bad_input_clearly(real_atlases, tmp_path):
     (tmp_path / "taken").mkdir()
     r = run_cli("compare", smol, gemma, "--out", tmp_path / "taken")
     assert r.exit_code == 1 and "already exists" in r.output
+
+
+@pytest.mark.model
+def test_an_interrupted_comparison_resumes_from_its_checkpoints(real_atlases, tmp_path, monkeypatch):
+    import precompute.compare as pc
+
+    smol = real_atlases["smollm2"]
+    cfg = dict(atlas_a=smol, atlas_b=smol, layers_a=[8, 15], layers_b=[8], max_tokens=600, seq_len=128,
+               n_shuffles=10, n_shuffles_small=10, progress=False)
+    fresh = pc.run_compare(pc.CompareConfig(out=tmp_path / "fresh", **cfg))
+    real_pair = pc._pair_layers
+    calls = []
+
+    def interrupted(cfg_, La, Lb, *a):
+        calls.append((La, Lb))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_pair(cfg_, La, Lb, *a)
+
+    monkeypatch.setattr(pc, "_pair_layers", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pc.run_compare(pc.CompareConfig(out=tmp_path / "resumed", **cfg))
+    assert not (tmp_path / "resumed").exists() and (tmp_path / "resumed.partial" / "pairs" / "8_8.json").is_file()
+    # resuming reads the captured activations and the finished layer pair back
+    monkeypatch.setattr(pc, "_acts", lambda *a: pytest.fail("the capture ran again"))
+    calls.clear()
+    out = pc.run_compare(pc.CompareConfig(out=tmp_path / "resumed", resume=True, **cfg))
+    assert [c[:2] for c in calls] == [(15, 8)]
+    a, b = U.open_comparison(fresh), U.open_comparison(out)
+    for name in ("svcca", "rsa", "svcca_p", "n_pairs"):
+        np.testing.assert_array_equal(a.array(name), b.array(name))
+    assert not (tmp_path / "resumed.partial").exists()
