@@ -77,11 +77,12 @@ class _Entry:
 
 
 class LRUBytes:
-    """A thread-safe LRU of byte strings bounded by their total size (and entry count)."""
+    """A thread-safe LRU of byte strings bounded by their total size (and entry count); it
+    also keeps other objects when ``put`` is told their (estimated) size."""
 
     def __init__(self, max_bytes: int = 64 * 2**20, max_items: int = 20_000):
         self.max_bytes, self.max_items = max_bytes, max_items
-        self._d: OrderedDict[Any, bytes] = OrderedDict()
+        self._d: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
         self._lock = threading.Lock()
         self.bytes = 0
         self.hits = self.misses = 0
@@ -97,20 +98,21 @@ class LRUBytes:
                 return None
             self._d.move_to_end(key)
             self.hits += 1
-            return v
+            return v[0]
 
-    def put(self, key: Any, value: bytes) -> None:
-        if len(value) > self.max_bytes // 4:
+    def put(self, key: Any, value: Any, size: int | None = None) -> None:
+        size = len(value) if size is None else size
+        if size > self.max_bytes // 4:
             return   # one huge answer (an export of everything) would flush the rest
         with self._lock:
             old = self._d.pop(key, None)
             if old is not None:
-                self.bytes -= len(old)
-            self._d[key] = value
-            self.bytes += len(value)
+                self.bytes -= old[1]
+            self._d[key] = (value, size)
+            self.bytes += size
             while self._d and (self.bytes > self.max_bytes or len(self._d) > self.max_items):
-                _, v = self._d.popitem(last=False)
-                self.bytes -= len(v)
+                _, (_, n) = self._d.popitem(last=False)
+                self.bytes -= n
 
 
 class MappedCSR:
@@ -190,6 +192,7 @@ class AtlasStore:
         self._paths: tuple[float, dict[str, Path]] | None = None
         self._stamps: dict[str, tuple[float, int]] = {}
         self.answers = LRUBytes(max_cache_bytes)
+        self.objects = LRUBytes(max_cache_bytes)
 
     # ------------------------------------------------------------------ atlases
 
@@ -223,6 +226,20 @@ class AtlasStore:
             body = compute()
             self.answers.put(full, body)
         return body
+
+    def reuse(self, key: tuple, compute, size=lambda value: 2**16):
+        """``compute()`` for a value that is a function of ``key`` and of the atlas ``key[0]``
+        as it is now, kept itself (not as bytes) in the bounded LRU ``objects`` with the
+        estimated ``size(value)``: the Dash views' figures, whose building (plotly's validation
+        of every property) costs far more than their serialisation. The value is shared by
+        every caller: never modify it."""
+        full = (key, self.stamp(key[0]))
+        got = self.objects.get(full)
+        if got is None:
+            value = compute()
+            got = (value,)   # a tuple, so that None (no such figure) is kept too
+            self.objects.put(full, got, size(value))
+        return got[0]
 
     def names(self) -> list[str]:
         return sorted(self.paths())

@@ -20,6 +20,7 @@ network needed) or as plotly JSON. PNG and SVG are rendered in the browser by pl
 """
 from __future__ import annotations
 
+import functools
 import html as _html
 
 import numpy as np
@@ -35,6 +36,20 @@ _SMALL = {"margin": {"l": 55, "r": 10, "t": 30, "b": 40}, "plot_bgcolor": "white
 _GRID = {"showgrid": True, "gridcolor": "#eee", "zeroline": False}
 
 
+def kept(*fields: str):
+    """A builder whose figures are kept in the store's bounded cache by the view's ``fields``
+    (those it reads) and the atlas: building validates every property through plotly (tens of
+    ms), and the page asks for the same figure on every layer it opens. The figure is shared:
+    never modify it."""
+    def wrap(build):
+        @functools.wraps(build)
+        def cached(store: AtlasStore, st: ViewState) -> go.Figure | None:
+            key = (st.atlas, "figure", build.__name__, *(str(getattr(st, f)) for f in fields))
+            return store.reuse(key, lambda: build(store, st))
+        return cached
+    return wrap
+
+
 def _galaxies(store: AtlasStore, atlas: str) -> dict[int, dict]:
     a = store.open(atlas)
     return {L: a.json(f"layers/{L}/galaxy.json") for L in a.layer_ids if a.has(f"layers/{L}/galaxy.json")}
@@ -44,6 +59,7 @@ def _num(x) -> bool:
     return isinstance(x, (int, float)) and np.isfinite(x)
 
 
+@kept("layer")
 def spectra(store: AtlasStore, st: ViewState) -> go.Figure | None:
     """Log-log spectra; ``meta`` of every trace is its layer (a click opens that layer).
 
@@ -123,18 +139,21 @@ def _per_layer(store: AtlasStore, st: ViewState, part: str, key: str, err: str, 
     return fig
 
 
+@kept("layer")
 def alpha(store: AtlasStore, st: ViewState) -> go.Figure | None:
     """Power-law exponent per layer with its 95 % interval (dashed: isotropic cloud's slope)."""
     return _per_layer(store, st, "power_law", "alpha", "ci95", "power-law exponent α (95% interval)", "α",
                       baseline=("isotropic", "alpha"))
 
 
+@kept("layer")
 def negentropy(store: AtlasStore, st: ViewState) -> go.Figure | None:
     """Clustering negentropy per layer with its bootstrap std."""
     return _per_layer(store, st, "entropy", "negentropy", "negentropy_std", "clustering negentropy (± bootstrap std)",
                       "negentropy (nats)")
 
 
+@kept("layer", "coloring")
 def lobe_subsets(store: AtlasStore, st: ViewState) -> go.Figure | None:
     """Heat map lobe x corpus subset: share of each lobe's blocks won in each subset."""
     choice = st.coloring.lobes
@@ -172,6 +191,7 @@ def _atom(store: AtlasStore, st: ViewState) -> dict | None:
     return a.json(rel) if a.has(rel) else None
 
 
+@kept("layer")
 def silhouette(store: AtlasStore, st: ViewState) -> go.Figure | None:
     """Task silhouette against the number of LDA dimensions, with the raw differences' level."""
     lda = (_atom(store, st) or {}).get("lda") or {}
@@ -194,6 +214,7 @@ def silhouette(store: AtlasStore, st: ViewState) -> go.Figure | None:
     return fig
 
 
+@kept("layer")
 def distractor(store: AtlasStore, st: ViewState) -> go.Figure | None:
     """PC1 score of each word-pair difference against its last-token length difference."""
     d = (_atom(store, st) or {}).get("distractor") or {}

@@ -5,12 +5,13 @@
 
 bench/bench_load.py drives the JSON API; real users drive the Dash page, where every action
 is a POST to ``/_dash-update-component``: the controller callback (URL and controls -> the
-view), then, for the new view, the cloud (``draw``), the card and panels (``side``) and the
-spectra, plus the camera callback after a full redraw, the build poll every 5 s and searches.
+view), then, for the new view, the cloud (``draw``), the card and panels (``side``), the
+spectra and the Latent view's callbacks (which answer nothing while the cloud is shown); the
+camera callback after a full redraw, the build poll every 5 s and searches.
 
-1. **Record**: headless Chromium (Playwright, /usr/bin/chromium) opens a permalink on the
-   server under test, clicks a feature, switches layer, opens the
-   lobes panel, changes the colouring and searches; every POST body of ``/_dash-update-component`` is kept, one
+1. **Record**: headless Chromium (Playwright, /usr/bin/chromium) opens a permalink on this
+   checkout's server, clicks a feature, switches layer, opens the lobes panel, changes the
+   colouring and searches; every POST body of ``/_dash-update-component`` is kept, one
    template per callback (and one controller body per triggering control). Recorded once per
    cache folder (``page-callbacks.json``; ``--rerecord`` to redo it).
 2. **Replay**: N users (httpx, one kept-alive connection pool each, like a browser tab) act
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import copy
 import json
 import os
@@ -55,13 +57,17 @@ ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--enable-unsafe-swiftshader"
 GD = "document.querySelector('#cloud .js-plotly-plot')"
 UPDATE = "/_dash-update-component"
 MIX = (("card", 0.60), ("layer", 0.10), ("colour", 0.05), ("search", 0.10), ("lobes", 0.08), ("export", 0.07))
-KINDS = ("page", "controller", "draw", "side", "spectra", "camera", "building", "search", "export")
+KINDS = ("page", "controller", "draw", "side", "spectra", "latent", "camera", "building", "search", "export")
 COLOURINGS = ("lobe", "geometry", "freq", "subset")
 
 
 def kind_of(body: dict) -> str:
     out = body["output"]
-    for key, kind in (("view.data", "controller"), ("cloud.figure", "draw"), ("card.children", "side"),
+    if "view.data" in out:
+        return "controller"
+    if "latent" in out:   # the Latent view's callbacks (they also listen to the view)
+        return "latent"
+    for key, kind in ( ("cloud.figure", "draw"), ("card.children", "side"),
                       ("spectra.figure", "spectra"), ("building.children", "building"),
                       ("search-results.children", "search"), ("url.search@", "camera")):
         if key in out:
@@ -129,18 +135,22 @@ def record(base: str, n_features: int) -> dict:
         pg.wait_for_selector("#search-list", timeout=60_000)
         settle(pg)
         b.close()
-    out: dict = {"initial": {}, "controller": {}}
+    out: dict = {"initial": {}, "controller": {}, "followers": {}}
     for i, body in enumerate(bodies):
         kind = kind_of(body)
         if i < opened and kind in ("controller", "building"):
             out["initial"].setdefault(kind, body)
         if kind == "controller":
             out["controller"].setdefault(body["changedPropIds"][0], body)
-        elif kind not in out:
-            out[kind] = body
+            continue
+        out.setdefault(kind, body)
+        if any(key(r) == "view.data" for r in refs({"inputs": body["inputs"]})):
+            # every callback reading the view: the renderer sends them all after the controller
+            out["followers"].setdefault(body["output"], body)
     need = ("cloud.clickData", "layer-dd.value", "color-dd.value", "panel-tabs.value", "url.search")
     missing = [k for k in need if k not in out["controller"]]
     missing += [k for k in ("draw", "side", "spectra", "camera", "building", "search") if k not in out]
+    missing += [] if out["followers"] else ["followers"]
     if missing:
         raise RuntimeError(f"the recording lacks {missing}")
     return out
@@ -195,7 +205,8 @@ class PageUser:
 
     def _templates(self):
         yield from self.rec["controller"].values()
-        yield from (self.rec[k] for k in ("draw", "side", "spectra", "camera", "building", "search"))
+        yield from self.rec["followers"].values()
+        yield from (self.rec[k] for k in ("camera", "building", "search"))
 
     def body(self, template: dict, changed: dict | None = None) -> dict:
         """``template`` with the values this tab holds now (``changed``: the triggering values)."""
@@ -272,6 +283,7 @@ async def run_phase(base: str, rec: dict, users: int, think: float, duration: fl
     """``users`` tabs; returns ([(callback kind, seconds, ok)], [(action, seconds, ok)], wall seconds)."""
     calls: list[tuple[str, float, bool]] = []
     actions: list[tuple[str, float, bool]] = []
+    why: collections.Counter = collections.Counter()
     t0 = time.perf_counter()
     stop_at = t0 + duration
 
@@ -281,8 +293,11 @@ async def run_phase(base: str, rec: dict, users: int, think: float, duration: fl
             r = await (client.post(url, json=body) if method == "POST" else client.get(url))
             ok = r.status_code in (200, 204)
             answer = r.json() if r.status_code == 200 and method == "POST" else None
-        except (httpx.HTTPError, ValueError):
+            if not ok:
+                why[f"{kind}: HTTP {r.status_code}"] += 1
+        except (httpx.HTTPError, ValueError) as e:
             ok, answer = False, None
+            why[f"{kind}: {type(e).__name__}"] += 1
         calls.append((kind, time.perf_counter() - t, ok))
         return ok, answer
 
@@ -294,8 +309,8 @@ async def run_phase(base: str, rec: dict, users: int, think: float, duration: fl
         if answer is None:
             return True   # PreventUpdate: nothing changed, nothing follows
         u.absorb(answer)
-        kinds = ("draw", "side", "spectra")
-        got = await asyncio.gather(*(send(client, k, "POST", UPDATE, u.body(rec[k])) for k in kinds))
+        got = await asyncio.gather(*(send(client, kind_of(b), "POST", UPDATE, u.body(b))
+                                     for b in rec["followers"].values()))
         whole = False
         for okk, ans in got:
             ok &= okk
@@ -352,6 +367,8 @@ async def run_phase(base: str, rec: dict, users: int, think: float, duration: fl
                     poll.cancel()
 
     await asyncio.gather(*(user(i) for i in range(users)))
+    if why:
+        print("      errors: " + ", ".join(f"{k} x{n}" for k, n in why.most_common()))
     return calls, actions, time.perf_counter() - t0
 
 
@@ -398,8 +415,8 @@ def bench_size(args, n_features: int) -> None:
                                 r["value"] = f"?atlas=syn&layer={L}&color=lobe:phi:4"
                         a = (await c.post(UPDATE, json=b)).json()
                         u.absorb(a)
-                        for k in ("draw", "side", "spectra"):
-                            await c.post(UPDATE, json=u.body(rec[k]))
+                        for b in rec["followers"].values():
+                            await c.post(UPDATE, json=u.body(b))
             for _ in range(3):   # fresh connections are spread over the workers by the kernel
                 await asyncio.gather(*(one(i) for i in range(4)))
         asyncio.run(warm())

@@ -2,6 +2,7 @@
 co-occurrence matrix, the store's re-check of a replaced atlas, several worker processes."""
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -152,3 +153,103 @@ def test_several_worker_processes_serve_the_same_answers(root):
 
 def test_default_workers_is_one_per_core_up_to_four():
     assert 1 <= default_workers() <= 4
+
+
+# --------------------------------------------------------------------------- the page's callbacks
+
+
+def _callback(client, deps: list, output: str, values: dict):
+    """POST the page's callback whose output names ``output``, with ``values`` ({"id.prop":
+    value}) for its inputs and state, as the page's renderer does; the parsed answer or None (204)."""
+    dep = next(d for d in deps if d["output"] == output or d["output"].startswith(f"..{output}..."))
+    outs = [dict(zip(("id", "property"), o.rsplit(".", 1))) for o in dep["output"].strip(".").split("...")]
+
+    def fill(refs):
+        return [{**r, **({"value": values[f"{r['id']}.{r['property']}"]}
+                         if f"{r['id']}.{r['property']}" in values else {})} for r in refs]
+
+    body = {"output": dep["output"], "outputs": outs, "inputs": fill(dep["inputs"]), "state": fill(dep["state"]),
+            "changedPropIds": [f"{r['id']}.{r['property']}" for r in dep["inputs"]]}
+    r = client.post("/_dash-update-component", json=body)
+    raw = r.content if isinstance(r, httpx.Response) else r.data   # httpx, or Flask's test client
+    assert r.status_code in (200, 204), (output, r.status_code, raw[:300])
+    return json.loads(raw) if r.status_code == 200 else None
+
+
+def test_the_page_callbacks_answer_the_same_from_the_cache_as_computed_afresh(root):
+    """The explorer keeps figures, cards and lobes by their inputs (app.data.AtlasStore.reuse and
+    cached): over HTTP, a repeated callback (answered from those caches) equals the first, and
+    both equal the answer of an app whose caches are emptied before every request."""
+    from app.data import LRUBytes as _LRU
+    from app.state import ViewState
+    from app.views.explorer import make_dash
+
+    ref_store = AtlasStore(root)
+    ref = make_dash(ref_store).server.test_client()
+
+    def fresh(output, values):
+        ref_store.answers, ref_store.objects = _LRU(), _LRU()
+        return _callback(ref, deps, output, values)
+
+    # each view differs from one before it in one field the cloud's key holds
+    views = [ViewState(atlas="syn", layer=1, color="lobe:phi:4"),
+             ViewState(atlas="syn", layer=1, color="geometry:4"),
+             ViewState(atlas="syn", layer=1, color="geometry:4", cam=(1.5, 0.5, 0.25)),
+             ViewState(atlas="syn", layer=1, color="lobe:phi:4", f=123, panel="lobes"),
+             ViewState(atlas="syn", layer=0, layout="umap", color="freq", size=True, f=7, q=0.5, panel="crystals"),
+             ViewState(atlas="syn", layer=2, color="subset", f=42, cam=(0.5, -1.75, 0.25))]
+    proc, base = start_server(root)
+    try:
+        with httpx.Client(base_url=base, timeout=60) as c:
+            deps = c.get("/_dash-dependencies").json()
+            c.get("/api/atlases/syn/layers/0/features/7")     # this card's answer comes from the API's cache
+            for st in views:
+                view = st.model_dump(mode="json")
+                for output, values in (("cloud.figure", {"view.data": view}),
+                                       ("card.children", {"view.data": view}),
+                                       ("spectra.figure", {"view.data": view})):
+                    first, again = _callback(c, deps, output, values), _callback(c, deps, output, values)
+                    assert first == again == fresh(output, values), (output, st)
+                    assert first is not None and first["response"]
+            # the card of a feature shown: the histogram and the neighbours are in it
+            side = _callback(c, deps, "card.children", {"view.data": views[3].model_dump(mode="json")})
+            assert "card-hist" in json.dumps(side) and "card-neighbors" in json.dumps(side)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_the_card_histogram_is_the_figure_plotly_builds(root):
+    """The card's histogram is sent as a dict with a layout validated once: the same figure as
+    the one plotly's Figure builds, property for property."""
+    from plotly.io.json import to_json_plotly
+
+    from app.views import card
+
+    store = AtlasStore(root)
+    for f in (0, 5, 123):
+        c = features.feature_card(store, "syn", 1, f)
+        bar = card.histogram_bar(c)
+        if bar is None:
+            continue
+        want = json.loads(to_json_plotly(card.histogram_figure(bar)))
+        assert json.loads(to_json_plotly(card.histogram(c).figure)) == want
+
+
+def test_kept_objects_are_bounded_and_a_replaced_atlas_is_not_answered_from_them(root):
+    store = AtlasStore(root, recheck=0.0, max_cache_bytes=10 * 2**16)
+    calls = []
+    for i in range(20):
+        store.reuse(("syn", "x", i), lambda: calls.append(1) or object())
+    assert store.objects.bytes <= 10 * 2**16 and len(store.objects) <= 10
+    a = store.reuse(("syn", "y"), lambda: ["first"])
+    assert store.reuse(("syn", "y"), lambda: ["second"]) is a
+    assert store.reuse(("syn", "none"), lambda: None) is None
+    assert store.reuse(("syn", "none"), lambda: "computed again") is None   # None is kept too
+    manifest = root / "syn" / "manifest.json"
+    st = manifest.stat()
+    try:
+        os.utime(manifest, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        assert store.reuse(("syn", "y"), lambda: ["second"]) == ["second"]
+    finally:
+        os.utime(manifest, ns=(st.st_atime_ns, st.st_mtime_ns))

@@ -12,6 +12,7 @@ from dash import dcc, html
 
 from app import figures
 from app.data import AtlasStore
+from app.models import Lobes
 from app.queries import layers
 from app.state import ViewState
 from app.views.card import face_item
@@ -60,7 +61,9 @@ def lobes_panel(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
     if choice is None:
         return [html.P("Colour by lobe or geometry cluster to list its lobes here.", className="hint")]
     aff, k = choice
-    lobes = layers.lobes(store, st.atlas, st.layer, aff, k)
+    # through the answers the API keeps (same key, same JSON): computed once for both
+    lobes = Lobes.model_validate_json(store.cached(
+        (st.atlas, "lobes", st.layer, aff, k), lambda: _json(layers.lobes(store, st.atlas, st.layer, aff, k))))
     base = f"{prefix.rstrip('/')}/api/atlases/{st.atlas}/layers/{st.layer}/export?layout={st.layout}"
     rows = []
     for lobe in lobes.lobes:
@@ -87,7 +90,7 @@ def lobes_panel(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
 
 def crystals_panel(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
     """Face counts against the random baseline, the best faces (links), LDA silhouette, distractor."""
-    s = layers.atom_summary(store, st.atlas, st.layer, n_best=15)
+    s = store.reuse((st.atlas, "atom-summary", st.layer, 15), lambda: layers.atom_summary(store, st.atlas, st.layer, 15))
     left: list = []
     if s.n_faces is None:
         left.append(html.P("No crystals in this layer (the geometry stage's crystal search).", className="hint"))
@@ -116,6 +119,10 @@ def crystals_panel(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
         left.append(html.P(f"{s.n_pairs} word pairs; best LDA dimension {s.lda['best_dim']}; raw silhouette "
                            f"{s.lda.get('raw_silhouette', float('nan')):.3f}", className="muted", id="atom-note"))
     return [html.Div([html.Div(left, className="pcell faces"), *right], className="prow")]
+
+
+def _json(model) -> bytes:
+    return model.__pydantic_serializer__.to_json(model)
 
 
 def brain_summary(entry: dict) -> str:
