@@ -392,9 +392,11 @@ def crystal_search(directions: np.ndarray, *, n_neighbors: int = 10, neighbors: 
     mean_len = (Li + Lj) / 2
     width = np.minimum(np.linalg.norm(Y[a] - Y[c], axis=1), np.linalg.norm(Y[b] - Y[d], axis=1))
     wide = width >= min_width * mean_len
-    a, b, c, d, Li, Lj, cabs, mean_len = (x[wide] for x in (a, b, c, d, Li, Lj, cabs, mean_len))
-    # |V_i - V_j|^2 = Li^2 + Lj^2 - 2 Li Lj |cos| once the second edge is oriented along the first
-    closing = np.sqrt(np.maximum(Li ** 2 + Lj ** 2 - 2 * Li * Lj * cabs, 0.0)) / mean_len
+    a, b, c, d = (x[wide] for x in (a, b, c, d))
+    # quality numbers of the faces found, in float64 from the directions themselves: the
+    # float32 cosine of the search leaves 1 - cos with ~1e-7 resolution, so a closing error
+    # derived from it could not tell a face closing to 1e-4 from an exact one
+    cabs, Li, Lj, closing = _face_quality(X, U, a, b, c, d)
     ratio = Lj / Li
 
     # canonical order: of the equivalent writings (a,b,c,d), (c,d,a,b), (b,a,d,c), (d,c,b,a)
@@ -420,6 +422,64 @@ def crystal_search(directions: np.ndarray, *, n_neighbors: int = 10, neighbors: 
     df["kind"] = df["kind"].astype(str)
     df.attrs.update(info)
     return df[CRYSTAL_COLUMNS]
+
+
+def _face_quality(X, U, a, b, c, d, chunk: int = 16_384):
+    """edge_cos, |a - b|, |c - d| and closing error of faces (a, b, c, d) in the projected
+    space, in float64, a chunk of faces at a time."""
+    Q = _orthonormal_rows(U) if U is not None and len(U) else None
+    out = [np.zeros(len(a)) for _ in range(4)]
+    for s in range(0, len(a), chunk):
+        sl = slice(s, s + chunk)
+        e1 = X[a[sl]].astype(np.float64) - X[b[sl]]
+        e2 = X[c[sl]].astype(np.float64) - X[d[sl]]
+        if Q is not None:
+            e1 -= (e1 @ Q.T) @ Q
+            e2 -= (e2 @ Q.T) @ Q
+        l1, l2 = np.linalg.norm(e1, axis=1), np.linalg.norm(e2, axis=1)
+        out[0][sl] = np.abs(np.einsum("ij,ij->i", e1, e2)) / (l1 * l2)
+        out[1][sl], out[2][sl] = l1, l2
+        out[3][sl] = np.linalg.norm(e1 - e2, axis=1) / ((l1 + l2) / 2)
+    return tuple(out)
+
+
+CRYSTAL_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
+
+
+def crystal_counts(crystals: pd.DataFrame, thresholds=CRYSTAL_THRESHOLDS) -> dict:
+    """Faces and parallelograms with ``edge_cos >= t`` for each threshold ``t``.
+
+    Returns ``{"thresholds", "faces", "parallelograms"}`` (lists aligned with the thresholds).
+    """
+    cos = crystals["edge_cos"].to_numpy()
+    par = (crystals["kind"] == "parallelogram").to_numpy()
+    return {"thresholds": [float(t) for t in thresholds],
+            "faces": [int((cos >= t).sum()) for t in thresholds],
+            "parallelograms": [int(((cos >= t) & par).sum()) for t in thresholds]}
+
+
+def crystal_significance(counts: dict, baseline: dict) -> dict:
+    """The real cloud's face counts against the random draws of ``crystal_baseline``.
+
+    Per threshold: the baseline's mean and standard deviation over its repeats and
+    ``z = (real - mean) / std`` (None with fewer than two draws, or when the draws agree
+    exactly and the real count equals them; infinite when they agree and it does not).
+    """
+    draws = np.asarray(baseline["counts"]["faces"], dtype=np.float64)   # [repeats, thresholds]
+    mean = draws.mean(axis=0)
+    std = draws.std(axis=0, ddof=1) if len(draws) > 1 else np.full(draws.shape[1], np.nan)
+    z = []
+    for real, m, sd in zip(counts["faces"], mean, std):
+        if np.isnan(sd):
+            z.append(None)
+        elif sd == 0:
+            z.append(None if real == m else float("inf"))
+        else:
+            z.append(float((real - m) / sd))
+    return {"thresholds": counts["thresholds"], "faces": counts["faces"],
+            "parallelograms": counts["parallelograms"], "baseline_mean": mean.tolist(),
+            "baseline_std": [None if np.isnan(v) else float(v) for v in std], "z": z,
+            "n_repeats": int(len(draws))}
 
 
 def feature_partners(crystals: pd.DataFrame, feature: int) -> pd.DataFrame:
@@ -489,7 +549,7 @@ def random_directions(rng: np.random.Generator, like: np.ndarray, match: str = "
 
 
 def crystal_baseline(directions: np.ndarray, *, n_repeats: int = 3, seed: int = 0, match: str = "norms",
-                     **search_kwargs) -> dict:
+                     thresholds=CRYSTAL_THRESHOLDS, **search_kwargs) -> dict:
     """How many faces pass the same thresholds in random clouds of the same shape.
 
     Runs ``crystal_search(random_directions(...), **search_kwargs)`` ``n_repeats`` times
@@ -497,16 +557,19 @@ def crystal_baseline(directions: np.ndarray, *, n_repeats: int = 3, seed: int = 
 
     Returns a JSON-serialisable dict: ``n_faces``, ``n_parallelogram``, ``n_trapezoid`` (per
     repeat), ``faces_mean``, ``faces_per_feature`` (mean faces / F), ``faces_per_edge_pair``
-    (mean faces / edge pairs tested), ``match``, ``n_repeats``, ``seed``. Compare the real
+    (mean faces / edge pairs tested), ``counts`` (``crystal_counts`` per repeat: ``faces`` and
+    ``parallelograms`` as [repeat][threshold] lists), ``match``, ``n_repeats``, ``seed``.
+    ``crystal_significance`` turns it into z-scores per threshold. Compare the real
     cloud's ``len(crystals)`` with ``faces_mean``, or its faces per edge pair with
     ``faces_per_edge_pair`` (``crystals.attrs["n_edge_pairs"]``).
     """
     search_kwargs = {k: v for k, v in search_kwargs.items() if k != "neighbors"}
     rng = np.random.default_rng(seed)
     F = len(directions)
-    n_faces, n_par, n_trap, pairs = [], [], [], []
+    n_faces, n_par, n_trap, pairs, by_t = [], [], [], [], []
     for _ in range(n_repeats):
         df = crystal_search(random_directions(rng, directions, match), **search_kwargs)
+        by_t.append(crystal_counts(df, thresholds))
         n_faces.append(len(df))
         n_par.append(int((df["kind"] == "parallelogram").sum()))
         n_trap.append(int((df["kind"] == "trapezoid").sum()))
@@ -515,4 +578,6 @@ def crystal_baseline(directions: np.ndarray, *, n_repeats: int = 3, seed: int = 
     return {"n_faces": n_faces, "n_parallelogram": n_par, "n_trapezoid": n_trap, "faces_mean": mean,
             "faces_per_feature": mean / F,
             "faces_per_edge_pair": float(np.sum(n_faces) / max(np.sum(pairs), 1)),
+            "counts": {"thresholds": [float(t) for t in thresholds],
+                       "faces": [c["faces"] for c in by_t], "parallelograms": [c["parallelograms"] for c in by_t]},
             "match": match, "n_repeats": int(n_repeats), "seed": int(seed)}

@@ -74,7 +74,8 @@ def build_report(atlas) -> dict:
             kinds = atlas.table(b + "crystals.parquet")["kind"].value_counts()
             entry["crystals"] = {"n_faces": cs["n_faces"], "parallelograms": int(kinds.get("parallelogram", 0)),
                                  "trapezoids": int(kinds.get("trapezoid", 0)), "min_cos": cs.get("min_cos"),
-                                 "baseline_faces": cb["faces_mean"], "baseline_match": cb["match"]}
+                                 "baseline_faces": cb["faces_mean"], "baseline_match": cb["match"],
+                                 "by_threshold": aj.get("crystal_counts")}
         out["layers"][str(L)] = entry
     if atlas.manifest.latent is not None:
         out["latent"] = latent_report(atlas)
@@ -172,6 +173,18 @@ def format_report(report: dict) -> str:
             lines.append(f"{L:>5} {c['n_faces']:>7} {c['parallelograms']:>14} {c['trapezoids']:>10} "
                          f"{_f(c['min_cos'], '{:.2f}'):>7} {c['baseline_faces']:>8.1f}")
         lines.append("")
+        for L, c in crys.items():
+            t = c.get("by_threshold")
+            if not t:
+                continue
+            lines += [f"Crystals by edge cosine, layer {L}: faces against {t['n_repeats']} random draw(s) "
+                      f"(mean ± std, z = (faces - mean) / std)",
+                      f"{'cos >=':>7} {'faces':>8} {'parallelograms':>14} {'random mean':>11} {'±std':>8} {'z':>8}"]
+            for i, th in enumerate(t["thresholds"]):
+                lines.append(f"{th:>7.2f} {t['faces'][i]:>8} {t['parallelograms'][i]:>14} "
+                             f"{t['baseline_mean'][i]:>11.1f} {_f(t['baseline_std'][i], '{:.1f}'):>8} "
+                             f"{_f(t['z'][i], '{:.1f}'):>8}")
+            lines.append("")
     for L, e in layers.items():
         if "atom" in e:
             a = e["atom"]

@@ -63,8 +63,11 @@ class GeometryConfig(BaseModel):
     # neighbours gives ~50x more faces than covariance-matched random clouds: keep the
     # candidates and let the explorer's threshold slider do the filtering.
     crystal_options: dict[str, Any] = Field(default_factory=lambda: {"min_cos": 0.3, "n_neighbors": 20})
-    crystal_baseline_repeats: int = 1
+    # random draws: their spread gives each count a z-score (one draw costs about as much as
+    # the search itself)
+    crystal_baseline_repeats: int = 3
     crystal_baseline_match: str = "covariance"        # or "norms"
+    crystal_thresholds: list[float] = Field(default_factory=lambda: list(atom.CRYSTAL_THRESHOLDS))
     lda_shrinkage: str | None = None                   # None = published plain LDA; "auto" = Ledoit-Wolf
 
 
@@ -200,7 +203,9 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
                                        "n_edge_pairs": int(crystals.attrs.get("n_edge_pairs", 0))}
         atom_json["crystal_baseline"] = atom.crystal_baseline(
             W, n_repeats=config.crystal_baseline_repeats, match=config.crystal_baseline_match,
-            **config.crystal_options)
+            thresholds=config.crystal_thresholds, **config.crystal_options)
+        atom_json["crystal_counts"] = atom.crystal_significance(
+            atom.crystal_counts(crystals, config.crystal_thresholds), atom_json["crystal_baseline"])
         computed.append("crystals")
 
     if word is None:

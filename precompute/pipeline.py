@@ -64,7 +64,9 @@ PROFILES: dict[str, dict[str, Any]] = {
                  latent=True,
                  # k-means for k up to 1024 on 4,096 features alone takes longer than the
                  # whole budget, and k > 128 leaves a handful of features per lobe at this width
-                 geometry_config=dict(ks=[2, 3, 4, 8, 16, 32, 64, 128], n_random=20)),
+                 # two random crystal draws (not three): a z per threshold at ~1.5 min per draw and layer
+                 geometry_config=dict(ks=[2, 3, 4, 8, 16, 32, 64, 128], n_random=20,
+                                      crystal_baseline_repeats=2)),
 }
 
 

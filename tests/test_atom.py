@@ -230,3 +230,48 @@ def test_cosine_neighbors_match_brute_force():
         np.testing.assert_array_equal(idx[i], np.argsort(-S[i], kind="stable")[:5])
         np.testing.assert_allclose(cos[i], np.sort(S[i])[::-1][:5], rtol=1e-5)
     assert 7 not in idx
+
+
+def test_closing_error_is_exact_for_nearly_closed_faces():
+    # a face that closes to 1e-5 of its edge length: the float32 search cosine rounds to 1 and
+    # could not resolve it; the quality numbers are recomputed in float64
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(40, 32)) * 3
+    e = rng.normal(size=32)
+    e *= 2.0 / np.linalg.norm(e)
+    delta = rng.normal(size=32)
+    delta *= 2e-5 / np.linalg.norm(delta)
+    X[1] = X[0] - e
+    X[3] = X[2] - e + delta                  # (a - b) - (c - d) = -delta: closing 1e-5
+    faces = atom.crystal_search(X.astype(np.float32), n_neighbors=39, min_cos=0.99, n_distractors=0,
+                                min_width=0.0)
+    # the face, written from whichever pair of its sides was kept
+    row = faces[(np.sort(faces[["a", "b", "c", "d"]].to_numpy(), axis=1) == [0, 1, 2, 3]).all(axis=1)]
+    assert len(row) == 1
+    a, b, c, d = row.iloc[0][["a", "b", "c", "d"]]
+    X32 = X.astype(np.float32).astype(np.float64)
+    e1, e2 = X32[a] - X32[b], X32[c] - X32[d]
+    want = np.linalg.norm(e1 - e2) / ((np.linalg.norm(e1) + np.linalg.norm(e2)) / 2)
+    assert 1e-7 < want < 2e-5                 # nearly closed, but not exactly
+    assert row.iloc[0].closing_error == pytest.approx(want, rel=1e-3)
+
+
+def test_counts_per_threshold_with_baseline_spread():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 8))
+    kw = dict(n_neighbors=6, min_cos=0.9)
+    faces = atom.crystal_search(X, **kw)
+    counts = atom.crystal_counts(faces, (0.9, 0.95, 0.99))
+    assert counts["faces"][0] == len(faces) and counts["faces"] == sorted(counts["faces"], reverse=True)
+    assert counts["parallelograms"][0] == int((faces["kind"] == "parallelogram").sum())
+    base = atom.crystal_baseline(X, n_repeats=4, seed=5, thresholds=(0.9, 0.95, 0.99), **kw)
+    json.dumps(base)
+    sig = atom.crystal_significance(counts, base)
+    draws = np.array(base["counts"]["faces"])
+    assert draws.shape == (4, 3) and draws[:, 0].tolist() == base["n_faces"]
+    np.testing.assert_allclose(sig["baseline_mean"], draws.mean(0))
+    np.testing.assert_allclose(sig["baseline_std"], draws.std(0, ddof=1))
+    assert sig["z"][0] == pytest.approx((len(faces) - draws[:, 0].mean()) / draws[:, 0].std(ddof=1))
+    assert abs(sig["z"][0]) < 5                                   # a random cloud is at chance
+    one = atom.crystal_baseline(X, n_repeats=1, seed=5, **kw)
+    assert atom.crystal_significance(atom.crystal_counts(faces), one)["z"] == [None] * 4

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_mutual_info_score
 
-from analysis import stage
+from analysis import report, stage
 from analysis.atlas import AtlasWriter, CorpusInfo, LayerInfo, Manifest, ModelInfo, SAEInfo, open_atlas
 from analysis.synthetic import make_synthetic_atlas
 
 FAST = dict(ks=[2, 4, 8], n_permutations=10, n_random=4, entropy_samples=400, entropy_components=20,
-            entropy_bootstrap=5)
+            entropy_bootstrap=5, crystal_baseline_repeats=2)
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +146,14 @@ def test_interrupted_geometry_resumes_at_the_first_layer_not_done(atlas, tmp_pat
     stage.run_geometry(path, stage.GeometryConfig(**{**FAST, "ks": [2, 4]}), on_layer=lambda L, i, n: seen.append(L))
     assert seen == [0, 1]
     assert open_atlas(path).array("layers/0/lobes_phi.npy").shape == (2, 400)
+
+
+def test_crystal_counts_per_threshold_against_random_draws(atlas):
+    # the synthetic generator plants parallelograms: they stand out of the random draws
+    for L in (0, 1):
+        c = atlas.json(f"layers/{L}/atom.json")["crystal_counts"]
+        assert c["thresholds"] == [0.3, 0.5, 0.7, 0.9] and c["n_repeats"] == 2
+        faces = atlas.table(f"layers/{L}/crystals.parquet")
+        assert c["faces"] == [int((faces["edge_cos"] >= t).sum()) for t in c["thresholds"]]
+        assert c["faces"][-1] > c["baseline_mean"][-1] and all(s is not None for s in c["baseline_std"])
+    assert "Crystals by edge cosine, layer 0" in report.format_report(report.build_report(atlas))
