@@ -66,11 +66,7 @@ def page(banner: str | None) -> html.Div:
         html.H4("Legend"),
         html.Div(id="latent-legend", className="legend"),
     ], id="latent-controls", className="viewpart hidden")
-    sidebar = html.Div([
-        _control("Atlas", dcc.Dropdown(id="atlas-dd", clearable=False)),
-        _control("View", dcc.RadioItems(id="view-radio", inline=True, options=VIEW_OPTIONS, value="cloud")),
-        latent_controls,
-        html.Div([
+    cloud_controls = html.Div([
         _control("Layer", dcc.Dropdown(id="layer-dd", clearable=False)),
         _control("Layout", dcc.RadioItems(id="layout-radio", inline=True,
                                           options=[{"label": " PCA", "value": "pca"}, {"label": " UMAP", "value": "umap"}])),
@@ -85,12 +81,17 @@ def page(banner: str | None) -> html.Div:
                             maxLength=200),
                   html.Button("Search", id="search-btn")], className="row2 search"),
         html.Div(id="search-results"),
-        html.Div([html.Button("Copy link", id="copy-btn"),
-                  dcc.Input(id="permalink", type="text", readOnly=True, className="permalink")], className="copy"),
         html.Div(id="exports", className="exports"),
         html.H4("Legend"),
         html.Div(id="legend", className="legend"),
-        ], id="cloud-controls", className="viewpart"),
+    ], id="cloud-controls", className="viewpart")
+    sidebar = html.Div([
+        _control("Atlas", dcc.Dropdown(id="atlas-dd", clearable=False)),
+        _control("View", dcc.RadioItems(id="view-radio", inline=True, options=VIEW_OPTIONS, value="cloud")),
+        html.Div([html.Button("Copy link", id="copy-btn"),
+                  dcc.Input(id="permalink", type="text", readOnly=True, className="permalink")], className="copy"),
+        latent_controls,
+        cloud_controls,
     ], className="sidebar")
     return html.Div([
         dcc.Location(id="url", refresh=False),
