@@ -14,7 +14,9 @@ co-occurrence matrix (an uncompressed ``.npz``, 10^7 entries at 4,096 features) 
 memory-mapped in place instead of read into every process's memory; derived per-layer
 indexes (rows of a feature in a table, crystal faces of a feature) are built once; and
 ``cached`` keeps finished answers (JSON bytes) by their immutable inputs in a bounded LRU
-(``max_cache_bytes``), so resident memory stays flat however long the server runs.
+(``max_cache_bytes``), so resident memory stays flat however long the server runs; ``reuse``
+does the same for the objects the Dash views build (plotly figures), in a second LRU of the
+same bound, by their estimated size.
 
 Derived files may be missing (an atlas with raw statistics only): every accessor returns
 ``None`` or computes a cheap stand-in (neighbors from the decoder), never raises for that.

@@ -323,7 +323,10 @@ async def run_phase(base: str, rec: dict, users: int, think: float, duration: fl
 
     async def user(i: int):
         u = PageUser(rec, seed * 1000 + i, n_features, layers, think)
-        limits = httpx.Limits(max_connections=6, max_keepalive_connections=6)   # a browser's per-host pool
+        # a browser's per-host pool; an idle connection is dropped before uvicorn's 5 s
+        # keep-alive timeout closes it under a request being sent (a browser resends such a
+        # request, httpx reports a ReadError)
+        limits = httpx.Limits(max_connections=6, max_keepalive_connections=6, keepalive_expiry=4.0)
         async with httpx.AsyncClient(base_url=base, timeout=timeout, verify=False, limits=limits) as client:
             await asyncio.sleep(random.Random(seed * 7 + i).uniform(0, think) if think else 0)
             polls = 0
