@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from analysis import atom, brain, galaxy, layout
 
@@ -24,6 +24,8 @@ PARTS = ("layout", "neighbors", "galaxy", "brain", "crystals", "atom")
 
 class GeometryConfig(BaseModel):
     """Every parameter of the geometry stage; defaults = published settings (METHODS 1-3)."""
+
+    model_config = ConfigDict(extra="forbid")   # a mistyped setting is an error, not ignored
 
     layers: list[int] | None = None                      # None = every layer
     # brain (METHODS 1)

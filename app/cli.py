@@ -92,45 +92,65 @@ def serve(atlas_dir: Annotated[Path, typer.Option(help="Folder of atlases (or on
 
 @app.command()
 def precompute(
-    model: Annotated[str, typer.Option(help="Hugging Face model name or local folder; 'smollm2' (default) or 'gemma3-270m' = embedded.")] = "smollm2",
+    model: Annotated[Optional[str], typer.Option(help="Hugging Face model name or local folder; 'smollm2' (default) or 'gemma3-270m' = embedded.")] = None,
     sae: Annotated[Optional[list[str]], typer.Option(help="sae-lens 'release/sae_id', a local SAE folder, or 'embedded' (the SAEs shipped with an embedded model); repeat per layer. None: train SAEs here.")] = None,
-    corpus: Annotated[str, typer.Option(help="'default' (embedded), a .txt/.jsonl/.parquet file or folder, or 'hf:NAME'.")] = "default",
+    corpus: Annotated[Optional[str], typer.Option(help="'default' (embedded), a .txt/.jsonl/.parquet file or folder, or 'hf:NAME'.")] = None,
     layers: Annotated[Optional[str], typer.Option(help="Comma-separated layer indices, e.g. 3,10,17.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(min=1, help="Token budget for the statistics.")] = None,
+    max_docs: Annotated[Optional[int], typer.Option(min=1, help="Read at most this many documents.")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(min=2, help="Tokens per document, BOS included (published 1024; see seq_len_includes_bos).")] = None,
+    block_size: Annotated[Optional[int], typer.Option(min=1, help="Co-occurrence block in tokens (published 256).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Firing threshold (default: by the SAE's architecture - TopK > 0, others > 1 as published).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Atlas directory to write.")] = None,
-    profile: Annotated[Optional[str], typer.Option(help="Preset: 'tiny' (tests, ~1 min) or 'demo' (first run, <10 min on 2 cores).")] = None,
-    device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda'.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="Forward precision: 'auto' (bfloat16 on CUDA and on CPUs with native bf16, float32 elsewhere), 'float32', 'bfloat16', 'float16'.")] = "auto",
+    profile: Annotated[Optional[str], typer.Option(help="Preset: 'tiny' (tests, ~1 min), 'demo' (first run), 'published' (the P1 lobes: Gemma-2-2B, Gemma Scope 16k layer 12, 50,000 Pile documents; GPU and Hub) or 'published-galaxy' (26 layers of 65k SAEs).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="Settings file (.toml, .yaml/.yml or .json) of PrecomputeConfig fields, with geometry_config / latent_config tables; options given here override it.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any setting as KEY=VALUE (repeatable): a PrecomputeConfig field, or geometry.FIELD / latent.FIELD; VALUE is read as JSON when it parses (3, 0.5, true, [2,4], null), as text otherwise.")] = None,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print every resolved setting (stages' defaults filled in) as JSON and exit without running.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="'auto' (default), 'cpu' or 'cuda'.")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="Forward precision: 'auto' (default: bfloat16 on CUDA and on CPUs with native bf16, float32 elsewhere), 'float32', 'bfloat16', 'float16'.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")] = False,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing atlas at --out.")] = False,
     latent: Annotated[Optional[bool], typer.Option("--latent/--no-latent", help="Also capture the layer-wise latent geometry (raw activations of every layer; default: on in the demo profile).")] = None,
 ):
-    """Run a model and its SAEs over a corpus and write an atlas (statistics + geometry)."""
+    """Run a model and its SAEs over a corpus and write an atlas (statistics + geometry).
+
+    Settings resolve in this order, later ones winning: the defaults (the published settings
+    where there are any), --profile, --config FILE, the options above, --set. The resolved
+    settings are written into the atlas manifest; --print-config shows them without running.
+    """
     try:
-        from precompute.pipeline import PrecomputeConfig, PrecomputeError, run_precompute
+        from precompute.pipeline import PROFILES, PrecomputeConfig, PrecomputeError, run_precompute
     except ImportError as e:
         _fail(f"the precompute extra is not installed ({e}); run `pip install 'saegeo[precompute]'`")
-    if profile not in (None, "tiny", "demo"):
-        _fail(f"unknown profile {profile!r}; choose 'tiny' or 'demo'")
-    fields = {"model": model, "corpus": corpus, "device": device, "dtype": dtype, "resume": resume, "profile": profile,
-              "threads": threads, "overwrite": overwrite}
-    if latent is not None:
-        fields["latent"] = latent
-    if sae:
-        fields["saes"] = sae
+    fields = _read_config(config) if config else {}
+    if profile is not None:
+        fields["profile"] = profile
+    if fields.get("profile") is not None and fields["profile"] not in PROFILES:
+        _fail(f"unknown profile {fields['profile']!r}; choose one of {', '.join(PROFILES)}")
+    given = {"model": model, "corpus": corpus, "device": device, "dtype": dtype, "threads": threads, "latent": latent,
+             "max_tokens": max_tokens, "max_docs": max_docs, "seq_len": seq_len, "block_size": block_size,
+             "threshold": threshold, "saes": sae or None, "out": out}
+    fields.update({k: v for k, v in given.items() if v is not None})
+    if resume:
+        fields["resume"] = True
+    if overwrite:
+        fields["overwrite"] = True
     if layers:
         try:
             fields["layers"] = [int(x) for x in layers.split(",") if x.strip()]
         except ValueError:
             _fail(f"--layers must be comma-separated integers, got {layers!r}")
-    if max_tokens:
-        fields["max_tokens"] = max_tokens
-    fields["out"] = out or DEFAULT_HOME / (profile or "atlas")
+    for item in set_ or []:
+        _set_field(fields, item)
+    fields.setdefault("out", DEFAULT_HOME / (fields.get("profile") or "atlas"))
     try:
         cfg = PrecomputeConfig(**fields)
     except ValueError as e:  # pydantic's ValidationError is a ValueError
-        _fail(f"bad precompute settings: {e}")
+        _fail(f"bad precompute settings: {_first_problem(e)}")
+    if print_config:
+        typer.echo(json.dumps(cfg.resolved(), indent=2))
+        return
     try:
         path = run_precompute(cfg)
     except PrecomputeError as e:
@@ -138,6 +158,72 @@ def precompute(
     except KeyboardInterrupt:
         _fail("interrupted; run the same command with --resume to continue from the last checkpoint", 130)
     typer.echo(f"wrote atlas {path}")
+
+
+_NESTED = {"geometry": "geometry_config", "latent": "latent_config"}
+
+
+def _read_config(path: Path) -> dict:
+    """The settings in a .toml, .yaml/.yml or .json file, as a dict (nested stage tables kept)."""
+    if not path.is_file():
+        _fail(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            _fail(f"config file {path}: unknown format {path.suffix!r} (use .toml, .yaml, .yml or .json)")
+    except typer.Exit:
+        raise
+    except Exception as e:       # each parser has its own error type; all mean a malformed file
+        _fail(f"config file {path} could not be read: {str(e).splitlines()[0]}")
+    if not isinstance(data, dict):
+        _fail(f"config file {path} must hold a table of settings, not {type(data).__name__}")
+    for short, field in _NESTED.items():      # [geometry] / [latent] tables as in --set
+        if short in data and isinstance(data[short], dict):
+            data[field] = {**data.get(field, {}), **data.pop(short)}
+    return data
+
+
+def _set_field(fields: dict, item: str) -> None:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        _fail(f"--set takes KEY=VALUE, got {item!r}")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    head, dot, rest = key.partition(".")
+    if dot:
+        if head not in _NESTED and head not in _NESTED.values():
+            _fail(f"--set {key}: only geometry.FIELD and latent.FIELD are nested settings")
+        fields.setdefault(_NESTED.get(head, head), {})[rest] = value
+    else:
+        fields[key] = value
+
+
+def _first_problem(e: ValueError) -> str:
+    """pydantic's message, flattened to the field and the reason."""
+    errors = getattr(e, "errors", None)
+    if not callable(errors):
+        return str(e).splitlines()[0]
+    parts = []
+    for err in errors():
+        where = ".".join(str(x) for x in err.get("loc", ()))
+        msg = err.get("msg", "").removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown setting"
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts) + " (every setting's name: `saegeo precompute --print-config`)"
 
 
 @app.command("train-saes")

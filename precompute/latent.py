@@ -51,7 +51,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
 from analysis import latent as la
@@ -77,6 +77,8 @@ class LatentError(PrecomputeError):
 
 class LatentConfig(BaseModel):
     """Every setting of the latent stage; stored resolved in ``manifest.configs["latent"]``."""
+
+    model_config = ConfigDict(extra="forbid")   # a mistyped setting is an error, not ignored
 
     profile: Literal["published", "published-gpt2", "published-llama"] | None = None
     n_docs: int = 64                     # sequences captured

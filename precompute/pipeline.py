@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tqdm.auto import tqdm
 
 from precompute.corpus import TokenizedCorpus, open_corpus, tokenize_corpus
@@ -67,11 +67,33 @@ PROFILES: dict[str, dict[str, Any]] = {
                  # two random crystal draws (not three): a z per threshold at ~1.5 min per draw and layer
                  geometry_config=dict(ks=[2, 3, 4, 8, 16, 32, 64, 128], n_random=20,
                                       crystal_baseline_repeats=2)),
+    # the published P1 lobe setup (docs/methods.md, METHODS 1), for a machine with a GPU and
+    # the Hugging Face Hub: Gemma-2-2B with Gemma Scope's canonical 16k SAE of layer 12, the
+    # first 50,000 documents of the uncopyrighted Pile, 1,024 tokens with BOS, BOS dropped,
+    # 256-token blocks, threshold 1, all eleven k, every other setting at the published default
+    "published": dict(model="google/gemma-2-2b", saes=["gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical"],
+                      corpus="hf:monology/pile-uncopyrighted", max_docs=50_000, max_tokens=None, seq_len=1024,
+                      seq_len_includes_bos=True, block_size=256, threshold=1.0, word_pair_layer="hidden_states",
+                      geometry_config=dict(ks=[2, 3, 4, 8, 16, 32, 64, 128, 256, 512, 1024])),
+    # the published galaxy (METHODS 3): the 65k canonical SAEs of all 26 layers; the spectra and
+    # entropy need only the decoders, so the corpus pass is short (cards) and the F x F lobe
+    # analysis, which the paper ran at 16k only, is left to the profile above
+    "published-galaxy": dict(model="google/gemma-2-2b",
+                             saes=[f"gemma-scope-2b-pt-res-canonical/layer_{L}/width_65k/canonical" for L in range(26)],
+                             corpus="hf:monology/pile-uncopyrighted", max_docs=2_000, max_tokens=None, seq_len=1024,
+                             seq_len_includes_bos=True, block_size=256, threshold=1.0, word_pairs=False,
+                             geometry_config=dict(crystals=False, umap=False, max_brain_features=0)),
 }
 
 
 class PrecomputeConfig(BaseModel):
-    """Everything that determines an atlas. Field names are the CLI options."""
+    """Everything that determines an atlas. Field names are the CLI options.
+
+    Unknown fields are refused (a mistyped setting must not be ignored), and the nested
+    ``geometry_config`` / ``latent_config`` are checked against their stages' configs here,
+    before any model is loaded.
+    """
+    model_config = ConfigDict(extra="forbid")
 
     model: str = "smollm2"                  # "smollm2" / "gemma3-270m" (embedded), a Hub id, or a folder
     # sae-lens "release/sae_id" or folders; ["embedded"] = the SAEs shipped with an embedded
@@ -108,7 +130,7 @@ class PrecomputeConfig(BaseModel):
     checkpoint_every: int = 10              # batches between checkpoints
     out: Path = Path("atlases/demo")
     overwrite: bool = False
-    profile: Literal["tiny", "demo"] | None = None
+    profile: Literal["tiny", "demo", "published", "published-galaxy"] | None = None
     resume: bool = False
     seed: int = 0
     word_pairs: bool = True
@@ -127,6 +149,31 @@ class PrecomputeConfig(BaseModel):
             given = {k: v for k, v in data.items() if v is not None}
             return {**PROFILES[data["profile"]], **given}
         return data
+
+    @model_validator(mode="after")
+    def _check_stage_configs(self) -> "PrecomputeConfig":
+        from analysis.stage import GeometryConfig
+        from precompute.latent import LatentConfig
+
+        for name, stage in (("geometry_config", GeometryConfig), ("latent_config", LatentConfig)):
+            try:
+                stage(**getattr(self, name))
+            except ValidationError as e:
+                raise ValueError("; ".join(
+                    f"{name}.{'.'.join(str(x) for x in err['loc'])}: "
+                    + ("unknown setting" if err["type"] == "extra_forbidden" else err["msg"])
+                    for err in e.errors())) from None
+        return self
+
+    def resolved(self) -> dict:
+        """Every setting as run, the stages' own defaults filled in (``--print-config``)."""
+        from analysis.stage import GeometryConfig
+        from precompute.latent import LatentConfig
+
+        out = self.model_dump(mode="json")
+        out["geometry_config"] = GeometryConfig(**self.geometry_config).model_dump(mode="json")
+        out["latent_config"] = LatentConfig(**self.latent_config).model_dump(mode="json")
+        return out
 
     def doc_tokens(self) -> int:
         """Tokens kept per document after BOS (every sequence gets a BOS first)."""
