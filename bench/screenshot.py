@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("--wait", action="append", default=[], help="selector to wait for (repeatable)")
     p.add_argument("--click", action="append", default=[], help="selector to click before the shot (repeatable)")
     p.add_argument("--scroll", default=None, help="selector to scroll into view (e.g. inside the card)")
+    p.add_argument("--graph", default="#cloud", help="the plot to wait for (#latent-cloud for the Latent view)")
     p.add_argument("--width", type=int, default=1440)
     p.add_argument("--height", type=int, default=1000)
     a = p.parse_args()
@@ -52,7 +53,7 @@ def main() -> None:
                 b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
                 page = b.new_page(viewport={"width": a.width, "height": a.height})
                 page.goto(base + "/" + a.query)
-                page.wait_for_function("() => { const g = document.querySelector('#cloud .js-plotly-plot');"
+                page.wait_for_function(f"() => {{ const g = document.querySelector('{a.graph} .js-plotly-plot');"
                                        " return g && g._fullData && g._fullData[0] && g._fullData[0].x.length > 0 }",
                                        timeout=60_000)
                 for sel in a.wait or (["#card-title"] if "f=" in a.query else []):
