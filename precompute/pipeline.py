@@ -284,6 +284,20 @@ def _vocab(lm: LoadedModel) -> list[str]:
 # ---------------------------------------------------------------------- stages
 
 
+def _preflight(cfg: PrecomputeConfig) -> None:
+    """Refuse what can be refused before the model loads (which takes 10-100 s): no layers
+    and no SAEs, a corpus that cannot be opened (missing file, unreachable Hub dataset), an
+    SAE that names no folder and no known sae-lens release or id."""
+    from precompute.saes import check_sae_spec
+
+    if not cfg.saes and not cfg.layers:
+        raise PrecomputeError("no layers and no SAEs given: pass --layers (SAEs are then trained here), "
+                              "--sae, or --profile tiny/demo")
+    open_corpus(cfg.corpus, cfg.text_field, cfg.subset_field)
+    for spec in _expand_saes(cfg.saes, cfg.model):
+        check_sae_spec(spec)
+
+
 def _resolve_saes(cfg: PrecomputeConfig, lm: LoadedModel) -> tuple[list[int], list[LoadedSAE]]:
     """Load and check the given SAEs; the layers they read."""
     if not cfg.saes:
@@ -589,6 +603,7 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
         if not cfg.resume or prev is None:
             _log(cfg, f"starting over: removing the unfinished run in {work}")
             shutil.rmtree(work)
+    _preflight(cfg)
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -598,11 +613,17 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
     train = not saes
     hooks = [hook_name(L) for L in layers] if train else [s.hook for s in saes]
     _check_disk(cfg, lm.d_model, len(layers), cfg.sae_width if train else max(s.width for s in saes), train)
+    fresh = not work.exists()
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(ident)
     _progress(work, lm.name, "tokenizing")
 
-    tc = _tokenize(cfg, lm, work)
+    try:
+        tc = _tokenize(cfg, lm, work)
+    except PrecomputeError:
+        if fresh:      # nothing worth resuming was written (e.g. the dataset went away)
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     _progress(work, lm.name, "statistics", 0, tc.n_tokens)
     _log(cfg, f"{tc.n_docs} documents, {tc.n_tokens} tokens, subsets {tc.subsets}")
     batches = _batches(tc, cfg.batch_size)

@@ -115,6 +115,27 @@ def _split_release(spec: str) -> tuple[str, str]:
                    f"(expected release/sae_id, e.g. gpt2-small-res-jb/blocks.8.hook_resid_pre).{hint}")
 
 
+def check_sae_spec(spec: str) -> None:
+    """Raise ``SAEError`` unless ``spec`` names a sae-lens folder or a known release/sae_id.
+
+    Needs neither the network nor the model, so a run can refuse a mistyped SAE at once.
+    """
+    spec = str(spec).removeprefix("sae-lens:")
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "cfg.json").is_file():
+            raise SAEError(f"{path} is not an SAE saved by sae-lens (no cfg.json)")
+        return
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    release, sae_id = _split_release(spec)
+    lookup = get_pretrained_saes_directory()[release]
+    if sae_id not in lookup.saes_map:
+        close = difflib.get_close_matches(sae_id, list(lookup.saes_map), n=3, cutoff=0.3)
+        some = close or list(lookup.saes_map)[:3]
+        raise SAEError(f"release {release!r} has no SAE {sae_id!r}; for example: {', '.join(some)}")
+
+
 def load_sae(spec: str, device: str | torch.device = "cpu") -> LoadedSAE:
     """Load an SAE from a local sae-lens folder or sae-lens' pretrained directory.
 
@@ -127,9 +148,8 @@ def load_sae(spec: str, device: str | torch.device = "cpu") -> LoadedSAE:
         spec = spec[len("sae-lens:"):]
     device = str(device)
     path = Path(spec).expanduser()
+    check_sae_spec(spec)
     if path.exists():
-        if not (path / "cfg.json").is_file():
-            raise SAEError(f"{path} is not an SAE saved by sae-lens (no cfg.json)")
         try:
             # float32 whatever the file holds: the shipped SAEs are float16 on disk to stay
             # small, but encoding and the statistics are done in float32
@@ -142,10 +162,6 @@ def load_sae(spec: str, device: str | torch.device = "cpu") -> LoadedSAE:
 
     release, sae_id = _split_release(spec)
     lookup = get_pretrained_saes_directory()[release]
-    if sae_id not in lookup.saes_map:
-        close = difflib.get_close_matches(sae_id, list(lookup.saes_map), n=3, cutoff=0.3)
-        some = close or list(lookup.saes_map)[:3]
-        raise SAEError(f"release {release!r} has no SAE {sae_id!r}; for example: {', '.join(some)}")
     from huggingface_hub import constants
 
     online = hub_reachable()

@@ -209,3 +209,19 @@ def test_threshold_follows_the_sae_architecture(tmp_path):
         assert 31.0 < fired <= 32.0                  # k = 32 selections per token, (almost) all positive
     assert threshold_rule(None, "jumprelu") == (1.0, "architecture jumprelu: published threshold (activation > 1)")
     assert threshold_rule(None, "standard")[0] == 1.0 and threshold_rule(2.5, "topk")[0] == 2.5
+
+
+def test_input_mistakes_are_found_before_the_model_loads(tmp_path, monkeypatch):
+    import precompute.pipeline as pipeline
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(pipeline, "load_model", no_model)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _refused(tmp_path, "no layers and no SAEs", layers=[], corpus="hf:monology/pile-uncopyrighted")
+    _refused(tmp_path, "does not exist", corpus=str(tmp_path / "nothing.jsonl"))
+    _refused(tmp_path, "unknown SAE 'nope/x'", layers=[], saes=["nope/x"])
+    _refused(tmp_path, "has no SAE 'layer_99", layers=[], saes=["gemma-scope-2b-pt-res-canonical/layer_99/width_16k/canonical"])
+    _refused(tmp_path, "dataset", corpus="hf:monology/pile-uncopyrighted")       # the Hub is unreachable
+    assert not (tmp_path / "bad.partial").exists()
