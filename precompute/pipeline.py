@@ -24,6 +24,7 @@ written to ``out``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -573,7 +574,50 @@ def _word_pairs(cfg, lm, layers, hooks):
 # ---------------------------------------------------------------------- driver
 
 
+@contextlib.contextmanager
+def out_lock(out: Path):
+    """Hold an exclusive lock on ``out`` for one run; a second run on the same ``out`` is
+    refused at once instead of interleaving its checkpoints and files with the first's.
+
+    An ``flock`` on a hidden sibling file: the kernel releases it when the holder dies, even
+    by SIGKILL, so a killed run never leaves a stale lock behind for ``--resume``.
+    """
+    import fcntl
+
+    path = out.with_name(f".{out.name}.lock")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")
+    except OSError as e:
+        raise PrecomputeError(f"cannot write in {out.parent}: {e.strerror or e}; choose another --out") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise PrecomputeError(f"another precompute ({holder}) is writing {out}; wait for it to finish, "
+                              f"or choose another --out") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        f.close()
+
+
 def run_precompute(cfg: PrecomputeConfig) -> Path:
+    """Run the whole precompute for ``cfg`` and return the atlas path (see ``_run``); one run
+    per ``out`` at a time (``out_lock``)."""
+    out = Path(cfg.out).expanduser().resolve()
+    with out_lock(out):
+        return _run(cfg)
+
+
+def _run(cfg: PrecomputeConfig) -> Path:
     """Run the whole precompute for ``cfg`` and return the atlas path.
 
     Raises ``PrecomputeError`` (one-line message, nothing written to ``cfg.out``) for bad

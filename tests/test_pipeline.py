@@ -225,3 +225,28 @@ def test_input_mistakes_are_found_before_the_model_loads(tmp_path, monkeypatch):
     _refused(tmp_path, "has no SAE 'layer_99", layers=[], saes=["gemma-scope-2b-pt-res-canonical/layer_99/width_16k/canonical"])
     _refused(tmp_path, "dataset", corpus="hf:monology/pile-uncopyrighted")       # the Hub is unreachable
     assert not (tmp_path / "bad.partial").exists()
+
+
+def test_one_precompute_per_out_at_a_time(tmp_path):
+    from precompute.pipeline import out_lock
+
+    out = tmp_path / "atlas"
+    with out_lock(out.resolve()):
+        with pytest.raises(PrecomputeError, match=r"another precompute \(pid \d+\) is writing .*atlas; wait"):
+            run_precompute(PrecomputeConfig(**MICRO, out=out))
+    assert not out.exists() and not (tmp_path / "atlas.partial").exists()
+    assert not list(tmp_path.glob(".atlas*"))                  # the lock goes with its holder
+    # a holder killed with SIGKILL leaves no lock behind
+    code = ("import os, sys, pathlib; sys.path.insert(0, %r); from precompute.pipeline import out_lock; "
+            "cm = out_lock(pathlib.Path(%r)); cm.__enter__(); os.kill(os.getpid(), 9)") % (str(REPO), str(out.resolve()))
+    subprocess.run([sys.executable, "-c", code], timeout=120)
+    with out_lock(out.resolve()):
+        pass
+
+
+def test_unwritable_output_folder_is_one_clear_line(tmp_path):
+    # a folder that cannot be made (its parent is a file): refused even for root, who can
+    # write in any directory, and before the model loads
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PrecomputeError, match=r"cannot write in .*file/sub: Not a directory; choose another --out"):
+        run_precompute(PrecomputeConfig(**MICRO, out=tmp_path / "file" / "sub" / "atlas"))
