@@ -614,7 +614,28 @@ def run_precompute(cfg: PrecomputeConfig) -> Path:
     per ``out`` at a time (``out_lock``)."""
     out = Path(cfg.out).expanduser().resolve()
     with out_lock(out):
-        return _run(cfg)
+        try:
+            return _run(cfg)
+        except (OSError, RuntimeError) as e:
+            if not _disk_full(e, out):
+                raise
+            raise PrecomputeError(
+                f"the disk holding {out.parent} is full ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                f"free some space and run the same command with --resume: the checkpoints written so far are "
+                f"kept in {cfg.work_dir()} and earlier atlases are untouched") from None
+
+
+def _disk_full(e: BaseException, out: Path) -> bool:
+    """ENOSPC/EDQUOT, or any write error while the disk has (almost) nothing left - torch.save
+    reports a full disk as a RuntimeError of its stream writer, without an errno."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(out.parent).free < (1 << 20)
+    except OSError:
+        return False
 
 
 def _run(cfg: PrecomputeConfig) -> Path:

@@ -250,3 +250,41 @@ def test_unwritable_output_folder_is_one_clear_line(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(PrecomputeError, match=r"cannot write in .*file/sub: Not a directory; choose another --out"):
         run_precompute(PrecomputeConfig(**MICRO, out=tmp_path / "file" / "sub" / "atlas"))
+
+
+def test_full_disk_mid_run_is_one_line_keeps_earlier_atlases_and_resumes(tmp_path):
+    from analysis.atlas import validate
+    from analysis.synthetic import make_synthetic_atlas
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a size-limited tmpfs here (needs root)")
+    try:
+        earlier = make_synthetic_atlas(disk / "earlier", n_features=200, d_model=16, layers=(0,), n_blocks=200)
+        (tmp_path / "run.json").write_text(json.dumps({**MICRO, "out": str(disk / "atlas")}))
+        cmd = [sys.executable, "-m", "app.cli", "precompute", "--config", str(tmp_path / "run.json")]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 240
+        while not (disk / "atlas.partial" / "config.json").exists():      # past every up-front check
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.05)
+        with open(disk / "filler", "wb") as f:       # someone else fills the disk mid-run
+            try:
+                while True:
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
+            except OSError:
+                pass
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode != 0 and "Traceback" not in err, err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("error: the disk holding") and "--resume" in last and "atlas.partial" in last
+        assert validate(earlier) == []                       # untouched
+        assert not [p for p in disk.iterdir() if p.name.startswith(".atlas")]   # no half-written atlas
+        (disk / "filler").unlink()
+        done = subprocess.run(cmd + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert validate(disk / "atlas") == [] and validate(earlier) == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
