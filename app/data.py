@@ -18,6 +18,9 @@ indexes (rows of a feature in a table, crystal faces of a feature) are built onc
 does the same for the objects the Dash views build (plotly figures), in a second LRU of the
 same bound, by their estimated size.
 
+Comparisons (``saegeo compare``, docs/atlas.md) found in ``root`` are listed apart
+(``comparison_names``, ``comparison``), never as atlases.
+
 Derived files may be missing (an atlas with raw statistics only): every accessor returns
 ``None`` or computes a cheap stand-in (neighbors from the decoder), never raises for that.
 
@@ -42,6 +45,7 @@ import numpy as np
 
 from analysis.atlas import Atlas, AtlasError, list_atlases, open_atlas
 from analysis.latent import norms_by_position
+from analysis.universality import Comparison, is_comparison, open_comparison
 
 Affinity = Literal["phi", "simple_matching", "jaccard", "dice", "overlap", "geometry"]
 Layout = Literal["pca", "umap"]
@@ -64,6 +68,10 @@ class BadParameter(ValueError):
 
 class NoLatent(UnknownItem):
     """The atlas holds no latent capture (404: the result is not there)."""
+
+
+class UnknownComparison(UnknownItem):
+    """No comparison of that name is served (404)."""
 
 
 def valid_name(name: str) -> bool:
@@ -191,7 +199,7 @@ class AtlasStore:
         self.recheck = recheck
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.RLock()
-        self._paths: tuple[float, dict[str, Path]] | None = None
+        self._paths: tuple[float, dict[str, Path], dict[str, Path]] | None = None
         self._stamps: dict[str, tuple[float, int]] = {}
         self.answers = LRUBytes(max_cache_bytes)
         self.objects = LRUBytes(max_cache_bytes)
@@ -202,9 +210,51 @@ class AtlasStore:
         now = time.monotonic()
         got = self._paths
         if got is None or now - got[0] > self.recheck:
-            got = (now, {p.name: p for p in list_atlases(self.root) if valid_name(p.name)})
+            found = [p for p in list_atlases(self.root) if valid_name(p.name)]
+            # a comparison folder (saegeo compare) has a manifest too, but it is no atlas
+            comparisons = {p.name: p for p in found if is_comparison(p)}
+            got = (now, {p.name: p for p in found if p.name not in comparisons}, comparisons)
             self._paths = got
         return got[1]
+
+    # ------------------------------------------------------------------ comparisons
+
+    def comparison_names(self) -> list[str]:
+        """The comparisons (``saegeo compare``) served beside the atlases."""
+        self.paths()
+        return sorted(self._paths[2])
+
+    def comparison(self, name: str) -> Comparison:
+        """The opened comparison; raises UnknownComparison or AtlasError (one readable line).
+        Kept while its manifest is unchanged; its tables are read once (``comparison_memo``)."""
+        return self._comparison_entry(name).atlas
+
+    def comparison_memo(self, name: str, key: Any, compute) -> Any:
+        """Cache ``compute(comparison)`` per comparison under ``key``."""
+        entry = self._comparison_entry(name)
+        if key not in entry.memo:
+            value = compute(entry.atlas)
+            with self._lock:
+                entry.memo[key] = value
+        return entry.memo[key]
+
+    def _comparison_entry(self, name: str) -> _Entry:
+        names = self.comparison_names()
+        if not isinstance(name, str) or name not in names:
+            raise UnknownComparison(f"no comparison named {str(name)[:60]!r} "
+                                    f"(available: {', '.join(names) or 'none'})")
+        path = self._paths[2][name]
+        try:
+            stamp = (path / "manifest.json").stat().st_mtime_ns
+        except OSError as e:
+            raise AtlasError(f"{path}: cannot read the manifest ({e.strerror})") from None
+        key = ("comparison", name)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry.stamp != stamp:
+                entry = _Entry(open_comparison(path, verify=self.verify), stamp)
+                self._entries[key] = entry
+            return entry
 
     def stamp(self, name: str) -> int:
         """The manifest's modification time of atlas ``name`` (changes when it is replaced)."""
