@@ -278,6 +278,120 @@ class LatentToken(BaseModel):
     start: int = Field(description="position of tokens[0] in the document")
 
 
+# --------------------------------------------------------------------------- universality (METHODS 5)
+
+Metric = Literal["svcca", "rsa"]
+PairSort = Literal["corr", "-corr", "feature_b", "feature_a"]
+
+
+class ComparisonSide(BaseModel):
+    """One side of a comparison and the served atlas that holds its features."""
+    path: str = Field(description="the atlas folder the comparison was computed from")
+    title: str
+    model: str
+    tokenizer: str
+    layers: list[int]
+    widths: dict[int, int] = Field(description="layer -> features of its SAE")
+    saes: dict[int, str] = Field(description="layer -> SAE source")
+    atlas: str | None = Field(description="the served atlas of these features; None: not served here")
+    note: str | None = Field(None, description="why no served atlas is linked, or how it was matched")
+
+
+class ComparisonSummary(BaseModel):
+    name: str
+    title: str = ""
+    a: ComparisonSide | None = None
+    b: ComparisonSide | None = None
+    error: str | None = Field(None, description="why this comparison cannot be opened (validation failure)")
+
+
+class LayerPairStats(BaseModel):
+    """The counts and nulls of one layer pair (summary.json)."""
+    layer_a: int
+    layer_b: int
+    n_pairs: int = Field(description="pairs kept after the filters and the pairing rule")
+    svcca: float | None
+    svcca_p: float | None
+    svcca_null_mean: float | None
+    svcca_null_std: float | None
+    rsa: float | None
+    rsa_p: float | None
+    rsa_null_mean: float | None
+    rsa_null_std: float | None
+    n_shuffles: int | None
+    counts: dict[str, float] = Field(default_factory=dict,
+                                     description="the filters' counts and mean correlations (n_corr_ok, ...)")
+
+
+class ComparisonDetail(ComparisonSummary):
+    """A comparison: both sides, the alignment, the settings, and the layer-by-layer matrices
+    (rows: layers of A, columns: layers of B; None where fewer than 3 pairs)."""
+    created: str = ""
+    corpus: dict = Field(default_factory=dict)
+    alignment: dict = Field(default_factory=dict)
+    settings: dict = Field(default_factory=dict, description="configs.compare as run")
+    notes: list[str] = Field(default_factory=list)
+    svcca: list[list[float | None]] = Field(default_factory=list)
+    svcca_p: list[list[float | None]] = Field(default_factory=list)
+    rsa: list[list[float | None]] = Field(default_factory=list)
+    rsa_p: list[list[float | None]] = Field(default_factory=list)
+    n_pairs: list[list[int]] = Field(default_factory=list)
+    layer_pairs: list[LayerPairStats] = Field(default_factory=list)
+
+
+class PairFeature(BaseModel):
+    """One feature of a pair, read from its own atlas when that atlas is served."""
+    feature: int
+    compare_tokens: list[str] = Field(description="its top tokens over the comparison's aligned units")
+    top_tokens: list[TopToken] = Field(default_factory=list, description="top_tokens.parquet of its atlas")
+    context: Context | None = Field(None, description="its strongest context (contexts.parquet of its atlas)")
+    link: str | None = Field(None, description="permalink of its card in the feature cloud")
+
+
+class FeaturePair(BaseModel):
+    corr: float = Field(description="Pearson correlation over the aligned units")
+    kept: bool = Field(description="passed the switched-on filters and the pairing rule")
+    punctuation: bool
+    shared_token: bool
+    a: PairFeature
+    b: PairFeature
+
+
+class Pairs(BaseModel):
+    """A page of the paired features of one layer pair (one row per B feature in the file)."""
+    comparison: str
+    layer_a: int
+    layer_b: int
+    atlas_a: str | None
+    atlas_b: str | None
+    total: int = Field(description="rows matching the filter")
+    offset: int
+    limit: int
+    sort: PairSort
+    pairs: list[FeaturePair]
+
+
+class SubspaceRow(BaseModel):
+    layer_a: int
+    layer_b: int
+    group: str
+    n_a: int
+    n_b: int
+    n_pairs: int
+    svcca: float | None
+    svcca_p: float | None
+    rsa: float | None
+    rsa_p: float | None
+    n_shuffles: int
+    skipped: str = Field(description="why the group was skipped; empty when computed")
+
+
+class Subspaces(BaseModel):
+    comparison: str
+    keyword_groups: dict[str, list[str]] = Field(default_factory=dict)
+    rows: list[SubspaceRow]
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     atlases: int

@@ -8,6 +8,8 @@ One router per resource, all read-only, under ``/api`` (docs/api.md lists the ro
 * ``exports``   ``.../export``
 * ``figures``   ``.../figures/{name}.{html|json}``
 * ``latent``    ``/atlases/{atlas}/latent``, ``.../latent/points``, ``/norms``, ``/separation``, ``/tokens/{sample}``
+* ``universality``  ``/comparisons``, ``/comparisons/{comparison}``, ``.../pairs/{layer_a}/{layer_b}``,
+  ``.../subspaces``
 * ``health``    ``/healthz`` (outside ``/api``)
 
 A route takes the store as a typed dependency (``deps.Store``), calls a query of
@@ -18,10 +20,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
 
-from app.api import atlases, exports, features, figures, latent, layers
+from app.api import atlases, exports, features, figures, latent, layers, universality
 
 router = APIRouter(prefix="/api")
-for resource in (atlases, layers, features, exports, figures, latent):
+for resource in (atlases, layers, features, exports, figures, latent, universality):
     router.include_router(resource.router)
 
 
