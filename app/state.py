@@ -17,6 +17,12 @@ model, or ``all``, the default, for every layer at once), ``lp`` (``latent_proje
 umap), ``lc`` (``latent_color``: kind | layer | position), ``pt`` (``latent_point``: the
 clicked point, ``<capture slot>:<sample token>``).
 
+The Universality view (METHODS 5) has its own too: ``view=universality``, ``cmp``
+(``comparison``: a comparison served beside the atlases), ``um`` (``metric`` of the heat map:
+svcca, the default, or rsa), ``cell`` (the layer pair whose paired features are listed,
+``<layer of A>:<layer of B>``), ``pair`` (the selected pair, named by its B feature: the pairs
+of a layer pair hold one row per B feature).
+
 Parsing never fails: ``parse_query`` keeps every well-formed value and reports the others
 as readable problems; ``resolve`` then moves a parsed state to the nearest view that the
 served atlases can show (first atlas, nearest layer, a computed layout/colouring, a feature
@@ -37,12 +43,14 @@ from analysis.atlas import AtlasError
 _MAX_QUERY = 2000
 Panel = Literal["spectra", "lobes", "crystals"]
 PANELS: tuple[str, ...] = get_args(Panel)
-View = Literal["cloud", "latent"]
+View = Literal["cloud", "latent", "universality"]
 VIEWS: tuple[str, ...] = get_args(View)
 LatentColor = Literal["kind", "layer", "position"]
 LATENT_COLORS: tuple[str, ...] = get_args(LatentColor)
+Metric = Literal["svcca", "rsa"]
+METRICS: tuple[str, ...] = get_args(Metric)
 KEYS = ("atlas", "layer", "layout", "color", "size", "f", "face", "q", "panel", "cam", "ctr",
-        "view", "ll", "lp", "lc", "pt")
+        "view", "ll", "lp", "lc", "pt", "cmp", "um", "cell", "pair")
 ColoringKind = Literal["lobe", "geometry", "freq", "subset"]
 COLORING_HINT = "use lobe:<affinity>:<k>, freq, subset or geometry:<k>"
 _COLORING = re.compile(r"(lobe(?::(" + "|".join(AFFINITIES) + r")(?::(\d{1,5}))?)?"
@@ -127,6 +135,10 @@ class ViewState(BaseModel):
     latent_projection: Layout = Field("pca", alias="lp")
     latent_color: LatentColor = Field("kind", alias="lc")
     latent_point: tuple[int, int] | None = Field(None, alias="pt")  # (capture slot, sample token)
+    comparison: str | None = Field(None, alias="cmp")
+    metric: Metric = Field("svcca", alias="um")
+    cell: tuple[int, int] | None = None          # (layer of A, layer of B)
+    pair: int | None = None                      # the B feature of the selected pair
 
     def to_query(self) -> str:
         """A short, readable query string (with leading ``?``); default values are left out."""
@@ -152,7 +164,16 @@ class ViewState(BaseModel):
             items.append(("cam", ",".join(_num(v) for v in self.eye)))
         if self.center is not None:
             items.append(("ctr", ",".join(_num(v, 3) for v in self.center)))
-        if self.view != "cloud":
+        if self.view == "universality":
+            items.append(("view", self.view))
+            if self.comparison is not None:
+                items.append(("cmp", self.comparison))
+            items.append(("um", self.metric))
+            if self.cell is not None:
+                items.append(("cell", "%d:%d" % self.cell))
+            if self.pair is not None:
+                items.append(("pair", str(self.pair)))
+        if self.view == "latent":
             items.append(("view", self.view))
             # the latent keys only travel with the latent view: cloud links stay as they were
             items.append(("ll", "all" if self.latent_layer is None else str(self.latent_layer)))
@@ -265,6 +286,27 @@ def parse_query(search: str | None) -> tuple[ViewState, list[str]]:
             s["pt"] = (int(m[1]), int(m[2]))
         else:
             bad("pt", "use <capture slot>:<sample token>, e.g. 3:17")
+    if "cmp" in raw:
+        if valid_name(raw["cmp"]):
+            s["cmp"] = raw["cmp"]
+        else:
+            bad("cmp", "not a comparison name")
+    if "um" in raw:
+        if raw["um"] in METRICS:
+            s["um"] = raw["um"]
+        else:
+            bad("um", "use " + " or ".join(METRICS))
+    if "cell" in raw:
+        m = re.fullmatch(r"(\d{1,6}):(\d{1,6})", raw["cell"])
+        if m:
+            s["cell"] = (int(m[1]), int(m[2]))
+        else:
+            bad("cell", "use <layer of A>:<layer of B>, e.g. 15:9")
+    if "pair" in raw:
+        if re.fullmatch(r"\d{1,9}", raw["pair"]):
+            s["pair"] = int(raw["pair"])
+        else:
+            bad("pair", "use the B feature of a pair, a whole number")
     unknown = sorted(set(raw) - set(KEYS))
     if unknown:
         problems.append("ignored unknown parameter(s): " + ", ".join(_short(k) for k in unknown[:5]))
@@ -300,6 +342,11 @@ def resolve(state: ViewState, store: AtlasStore) -> tuple[ViewState, list[str]]:
                 return st, notes + [f"atlas {_short(atlas)} has no SAE layers and no latent capture"]
             notes.append(f"atlas {_short(atlas)} has no SAE layers; showing its latent geometry")
             st = st.with_(view="latent")
+        if st.view == "universality":
+            st, more = resolve_universality(st, store)
+            if st.view == "universality":
+                return st, notes + more
+            notes += more
         st, more = resolve_latent(st, store)
         return st, notes + more
     layer = state.layer
@@ -332,6 +379,46 @@ def resolve(state: ViewState, store: AtlasStore) -> tuple[ViewState, list[str]]:
     if st.view == "latent":
         st, more = resolve_latent(st, store)
         notes += more
+    if st.view == "universality":
+        st, more = resolve_universality(st, store)
+        notes += more
+    return st, notes
+
+
+def resolve_universality(st: ViewState, store: AtlasStore) -> tuple[ViewState, list[str]]:
+    """The nearest Universality view the served comparisons can show (the feature cloud when
+    none is served), and a message per change."""
+    names = store.comparison_names()
+    notes: list[str] = []
+    tried = [st.comparison] if st.comparison is not None else []
+    chosen = None
+    for name in tried + [n for n in names if n not in tried]:
+        try:
+            m = store.comparison(name).manifest
+            chosen = name
+            break
+        except UnknownItem:
+            notes.append(f"there is no comparison {_short(name)}")
+        except AtlasError as e:
+            notes.append(f"comparison {_short(name)} cannot be opened: {e}")
+    if chosen is None:
+        back = "feature cloud" if st.layer is not None else "latent geometry"
+        return (st.with_(view="cloud" if st.layer is not None else "latent", comparison=None, cell=None, pair=None),
+                notes + [f"no comparison is served here (saegeo compare writes one; serve it beside its atlases); "
+                         f"showing the {back}"])
+    if st.comparison is not None and chosen != st.comparison:
+        notes.append(f"showing comparison {_short(chosen)} instead")
+        st = st.with_(cell=None, pair=None)
+    st = st.with_(comparison=chosen)
+    if st.cell is not None and (st.cell[0] not in m.a.layers or st.cell[1] not in m.b.layers):
+        notes.append(f"comparison {_short(chosen)} has no layer pair {st.cell[0]}:{st.cell[1]} (layers of A: "
+                     f"{', '.join(map(str, m.a.layers))}; of B: {', '.join(map(str, m.b.layers))}); no cell selected")
+        st = st.with_(cell=None, pair=None)
+    if st.pair is not None:
+        width = m.b.widths.get(str(st.cell[1])) if st.cell is not None else None
+        if st.cell is None or width is None or not 0 <= st.pair < width:
+            notes.append(f"pair {st.pair} is not a feature of the selected layer pair's B layer; no pair selected")
+            st = st.with_(pair=None)
     return st, notes
 
 

@@ -166,13 +166,27 @@ def pairs(store: AtlasStore, name: str, layer_a: int, layer_b: int, offset: int 
     rows = rows.sort_values([col, "feature_b"], ascending=[not sort.startswith("-"), True], kind="stable")
     page = rows.iloc[offset:offset + limit]
     atlas_a, atlas_b = side(store, m.a).atlas, side(store, m.b).atlas
-    out = [FeaturePair(corr=round(float(r["corr"]), 4), kept=bool(r["kept"]), punctuation=bool(r["punctuation"]),
+    out = [_pair_of(store, r, atlas_a, atlas_b, layer_a, layer_b) for _, r in page.iterrows()]
+    return Pairs(comparison=name, layer_a=layer_a, layer_b=layer_b, atlas_a=atlas_a, atlas_b=atlas_b,
+                 total=int(keep.sum()), offset=offset, limit=limit, sort=sort, pairs=out)
+
+
+def pair(store: AtlasStore, name: str, layer_a: int, layer_b: int, feature_b: int) -> FeaturePair:
+    """The pair of B feature ``feature_b`` (its best A feature), kept or not."""
+    tab = _table(store, name, layer_a, layer_b)
+    hit = tab[tab["feature_b"].to_numpy() == feature_b]
+    if not len(hit):
+        raise UnknownItem(f"layer {layer_b} of B in comparison {name!r} has no feature {feature_b} "
+                          f"(features 0..{int(tab['feature_b'].max())})")
+    m = store.comparison(name).manifest
+    return _pair_of(store, hit.iloc[0], side(store, m.a).atlas, side(store, m.b).atlas, layer_a, layer_b)
+
+
+def _pair_of(store: AtlasStore, r, atlas_a: str | None, atlas_b: str | None, layer_a: int, layer_b: int) -> FeaturePair:
+    return FeaturePair(corr=round(float(r["corr"]), 4), kept=bool(r["kept"]), punctuation=bool(r["punctuation"]),
                        shared_token=bool(r["shared_token"]),
                        a=_feature(store, atlas_a, layer_a, int(r["feature_a"]), r["tokens_a"]),
                        b=_feature(store, atlas_b, layer_b, int(r["feature_b"]), r["tokens_b"]))
-           for _, r in page.iterrows()]
-    return Pairs(comparison=name, layer_a=layer_a, layer_b=layer_b, atlas_a=atlas_a, atlas_b=atlas_b,
-                 total=int(keep.sum()), offset=offset, limit=limit, sort=sort, pairs=out)
 
 
 def subspaces(store: AtlasStore, name: str, layer_a: int | None = None, layer_b: int | None = None) -> Subspaces:

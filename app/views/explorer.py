@@ -16,17 +16,20 @@ from dash.exceptions import DependencyException, PreventUpdate
 
 from app.data import LAYOUTS, AtlasStore, UnknownAtlas, UnknownItem
 from app.queries.features import search
-from app.state import PANELS, Coloring, ViewState, parse_query, resolve
+from app.queries import universality as uni_queries
+from app.state import METRICS, PANELS, VIEWS, Coloring, ViewState, parse_query, resolve
 from app import figures
 from app.views import card as card_view
 from app.views import cloud, panels
 from app.views import latent as latent_view
+from app.views import universality as uni_view
 from analysis.atlas import AtlasError
 
 STATIC = Path(__file__).resolve().parents[2] / "static"
 COLOR_KINDS = [{"label": "lobe (co-occurrence)", "value": "lobe"}, {"label": "geometry cluster", "value": "geometry"},
                {"label": "firing frequency (log)", "value": "freq"}, {"label": "corpus subset", "value": "subset"}]
-VIEW_OPTIONS = [{"label": " Features", "value": "cloud"}, {"label": " Latent", "value": "latent"}]
+VIEW_OPTIONS = [{"label": " Features", "value": "cloud"}, {"label": " Latent", "value": "latent"},
+                {"label": " Universality", "value": "universality"}]
 GRAPH_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 
 
@@ -37,20 +40,23 @@ CONTROLS = {"atlas": ("atlas-dd", "value"), "layer": ("layer-dd", "value"), "lay
             "size": ("size-check", "value"), "crystals": ("crystal-check", "value"),
             "min_edge_cos": ("q-slider", "value"), "panel": ("panel-tabs", "value"),
             "view": ("view-radio", "value"), "latent_layer": ("latent-layer-dd", "value"),
-            "latent_projection": ("latent-proj-radio", "value"), "latent_color": ("latent-color-dd", "value")}
+            "latent_projection": ("latent-proj-radio", "value"), "latent_color": ("latent-color-dd", "value"),
+            "comparison": ("cmp-dd", "value"), "metric": ("metric-radio", "value")}
 # the page's parts belonging to each view: (element id, its class when shown)
 VIEW_PARTS = {"cloud": [("cloud-controls", "viewpart"), ("cloud-main", "main"), ("card", "card"),
                         ("cloud-panels", "panels")],
               "latent": [("latent-controls", "viewpart"), ("latent-main", "main"), ("latent-card", "card"),
-                         ("latent-panels", "panels")]}
+                         ("latent-panels", "panels")],
+              "universality": [("uni-controls", "viewpart"), ("uni-main", "main"), ("uni-card", "card"),
+                               ("uni-panels", "panels")]}
 CONTROL_INPUTS = {name: Input(*target) for name, target in CONTROLS.items()}
 CONTROL_OUTPUTS = {**{name: Output(*target) for name, target in CONTROLS.items()},
                    **{f"{name}_options": Output(cid, "options") for name, (cid, _) in CONTROLS.items()
                       if name in ("atlas", "layer", "layout", "affinity", "k", "view", "latent_layer",
-                                  "latent_projection", "latent_color")},
+                                  "latent_projection", "latent_color", "comparison")},
                    "panel_classes": [Output(f"panel-{p}", "className") for p in PANELS],
-                   # which of the two views is on screen: (element id, class when shown), cloud then latent
-                   "view_classes": [Output(cid, "className") for cid, _ in VIEW_PARTS["cloud"] + VIEW_PARTS["latent"]]}
+                   # which view is on screen: (element id, class when shown), in the order of VIEWS
+                   "view_classes": [Output(cid, "className") for v in VIEWS for cid, _ in VIEW_PARTS[v]]}
 
 
 def _control(label: str, comp) -> html.Div:
@@ -66,6 +72,12 @@ def page(banner: str | None) -> html.Div:
         html.H4("Legend"),
         html.Div(id="latent-legend", className="legend"),
     ], id="latent-controls", className="viewpart hidden")
+    uni_controls = html.Div([
+        _control("Comparison", dcc.Dropdown(id="cmp-dd", clearable=False)),
+        _control("Heat map", dcc.RadioItems(id="metric-radio", inline=True, options=[
+            {"label": f" {uni_view.METRIC_LABELS[m]}", "value": m} for m in METRICS])),
+        html.Div(id="uni-sides"),
+    ], id="uni-controls", className="viewpart hidden")
     cloud_controls = html.Div([
         _control("Layer", dcc.Dropdown(id="layer-dd", clearable=False)),
         _control("Layout", dcc.RadioItems(id="layout-radio", inline=True,
@@ -91,6 +103,7 @@ def page(banner: str | None) -> html.Div:
         html.Div([html.Button("Copy link", id="copy-btn"),
                   dcc.Input(id="permalink", type="text", readOnly=True, className="permalink")], className="copy"),
         latent_controls,
+        uni_controls,
         cloud_controls,
     ], className="sidebar")
     return html.Div([
@@ -111,10 +124,32 @@ def page(banner: str | None) -> html.Div:
                 html.Div([dcc.Graph(id="latent-cloud", config={"displaylogo": False, "scrollZoom": True},
                                     style={"height": "72vh"}),
                           html.P(id="latent-note", className="muted")], id="latent-main", className="main hidden"),
+                html.Div([dcc.Graph(id="uni-heatmap", config=GRAPH_CONFIG, style={"height": "60vh"}),
+                          html.P("Hover a cell for its p-value and the shuffled null; click it to list its paired "
+                                 "features below.", className="muted")], id="uni-main", className="main hidden"),
             ]),
             html.Div([html.Div(id="card", className="card"),
-                      html.Div(id="latent-card", className="card hidden")]),
+                      html.Div(id="latent-card", className="card hidden"),
+                      html.Div(id="uni-card", className="card hidden")]),
         ], className="grid"),
+        html.Section([
+            html.Div([
+                html.H4("Paired features"),
+                html.Div([
+                    _control("Sort", dcc.Dropdown(id="pairs-sort", options=uni_view.SORT_OPTIONS, value="-corr",
+                                                  clearable=False)),
+                    _control("Correlation at least", dcc.Input(id="pairs-min", type="number", min=-1, max=1, step=0.05,
+                                                               debounce=True)),
+                    _control("Token or #feature", dcc.Input(id="pairs-q", type="text", debounce=True, maxLength=100)),
+                    dcc.Checklist(id="pairs-kept", options=[{"label": " kept pairs only", "value": "kept"}],
+                                  value=["kept"]),
+                    html.Button("‹ previous", id="pairs-prev"), html.Button("next ›", id="pairs-next"),
+                ], className="pairs-controls"),
+                dcc.Store(id="pairs-offset"),
+                html.Div(id="pairs-table"),
+            ], id="uni-pairs"),
+            html.Div(id="uni-subspaces"),
+        ], id="uni-panels", className="panels hidden"),
         html.Section([
             html.Div([dcc.Graph(id=f"latent-{name}-fig", config=GRAPH_CONFIG, style={"height": "380px"})
                       for name in ("norms", "positions", "sep")], className="prow latent-prow"),
@@ -160,7 +195,8 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
                            "negentropy": Input("negentropy-fig", "clickData"),
                            "latent": Input("latent-cloud", "clickData"),
                            "latent_norms": Input("latent-norms-fig", "clickData"),
-                           "latent_sep": Input("latent-sep-fig", "clickData")}},
+                           "latent_sep": Input("latent-sep-fig", "clickData"),
+                           "uni": Input("uni-heatmap", "clickData")}},
         state={"prev": State("view", "data"), "curve_layers": State("spectra-layers", "data")},
     )
     def controller(search, controls, clicks, prev, curve_layers):
@@ -178,6 +214,8 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
                 st = st.with_(panel=controls["panel"])
             elif prop in ("alpha-fig.clickData", "negentropy-fig.clickData"):
                 st = _clicked_layer(st, clicks["alpha" if prop.startswith("alpha") else "negentropy"])
+            elif prop.startswith(("cmp-dd.", "metric-radio.", "uni-heatmap.")):
+                st = _apply_uni_control(st, prop, controls, clicks)
             elif prop.startswith(("latent-", "view-radio.")):
                 st = _apply_latent_control(store, st, prop, controls, clicks)
             else:
@@ -227,7 +265,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
                   Input("view", "data"), State("rendered", "data"))
     def draw(view, rendered):
         # the hidden cloud waits: "rendered" keeps what it shows, so coming back patches from there
-        if not view or view.get("atlas") is None or view.get("layer") is None or view.get("view") == "latent":
+        if not view or view.get("atlas") is None or view.get("layer") is None or view.get("view") != "cloud":
             raise PreventUpdate
         st = ViewState.model_validate(view)
         old = ViewState.model_validate(rendered) if rendered else None
@@ -255,7 +293,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
             if m.synthetic else []
         if st.layer is None:   # a model-only atlas: no features
             return [], [], banner, [], [], []
-        if st.view == "latent":   # hidden: redrawn when the cloud comes back (the view changes then)
+        if st.view != "cloud":   # hidden: redrawn when the cloud comes back (the view changes then)
             return no_update, no_update, banner, no_update, no_update, no_update
         # a closed panel keeps what it showed; opening it is a view change that redraws it
         lobes = panels.lobes_panel(store, st, prefix) if st.panel == "lobes" else no_update
@@ -268,7 +306,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
                   Output("spectra-exports", "children"), Output("alpha-exports", "children"),
                   Output("negentropy-exports", "children"), Input("view", "data"), State("spectra-key", "data"))
     def spectra(view, key):
-        if not view or view.get("atlas") is None or view.get("layer") is None or view.get("view") == "latent":
+        if not view or view.get("atlas") is None or view.get("layer") is None or view.get("view") != "cloud":
             raise PreventUpdate
         st = ViewState.model_validate(view)
         if key == [st.atlas, st.layer]:
@@ -333,6 +371,50 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
             return latent_view.token_card(store, st)
         except (UnknownAtlas, UnknownItem, AtlasError):
             raise PreventUpdate from None
+
+    @app.callback(Output("uni-heatmap", "figure"), Output("uni-sides", "children"), Output("uni-card", "children"),
+                  Output("uni-subspaces", "children"), Input("view", "data"))
+    def uni_draw(view):
+        """The Universality view: heat map, who is compared, the selected cell and pair, subspaces."""
+        if not view or view.get("view") != "universality" or not view.get("comparison"):
+            raise PreventUpdate
+        st = ViewState.model_validate(view)
+        try:
+            detail = uni_queries.detail(store, st.comparison)
+            return (uni_view.heatmap(detail, st), uni_view.sides(detail),
+                    uni_view.cell_card(store, st, detail, prefix), uni_view.subspace_table(store, st))
+        except (UnknownItem, AtlasError):
+            raise PreventUpdate from None
+
+    @app.callback(Output("pairs-table", "children"), Output("pairs-offset", "data"),
+                  Output("pairs-prev", "disabled"), Output("pairs-next", "disabled"), Output("uni-pairs", "className"),
+                  Input("view", "data"), Input("pairs-sort", "value"), Input("pairs-min", "value"),
+                  Input("pairs-kept", "value"), Input("pairs-q", "value"), Input("pairs-prev", "n_clicks"),
+                  Input("pairs-next", "n_clicks"), State("pairs-offset", "data"))
+    def uni_pairs(view, sort, min_corr, kept, q, _prev, _next, offset):
+        """A page of the selected cell's pairs, as the table's own controls (not the link) ask."""
+        if not view or view.get("view") != "universality" or not view.get("comparison"):
+            raise PreventUpdate
+        st = ViewState.model_validate(view)
+        if st.cell is None:
+            return [], 0, True, True, "hidden"
+        prop = ctx.triggered[0]["prop_id"] if ctx.triggered else "."
+        key = [st.comparison, *st.cell]
+        # the page is kept while the same cell shows (selecting a pair changes the view, not the page)
+        start = offset["offset"] if isinstance(offset, dict) and offset.get("key") == key else 0
+        if prop == "pairs-prev.n_clicks":
+            start = max(0, start - uni_view.PAGE)
+        elif prop == "pairs-next.n_clicks":
+            start += uni_view.PAGE
+        elif prop != "view.data":
+            start = 0   # a new sort or filter starts from its first page
+        try:
+            min_corr = float(min_corr) if isinstance(min_corr, (int, float)) and -1 <= min_corr <= 1 else None
+            table, start, total = uni_view.pairs_table(store, st, prefix, sort or "-corr", min_corr,
+                                                       "kept" in (kept or []), q, start)
+        except (UnknownItem, AtlasError):
+            raise PreventUpdate from None
+        return table, {"key": key, "offset": start}, start == 0, start + uni_view.PAGE >= total, ""
 
     @app.callback(Output("search-results", "children"), Input("search-btn", "n_clicks"),
                   Input("search-input", "n_submit"), State("search-input", "value"), State("view", "data"),
@@ -415,7 +497,7 @@ def _apply_control(store: AtlasStore, st: ViewState, prop: str, controls: dict, 
 def _apply_latent_control(store: AtlasStore, st: ViewState, prop: str, controls: dict, clicks: dict) -> ViewState:
     """The view a change of the view switch or a latent control (or a click in the latent view) asks for."""
     c = controls
-    if prop == "view-radio.value" and c["view"] in ("cloud", "latent") and c["view"] != st.view:
+    if prop == "view-radio.value" and c["view"] in VIEWS and c["view"] != st.view:
         return st.with_(view=c["view"])
     if prop == "latent-layer-dd.value" and c["latent_layer"] is not None:
         L = None if c["latent_layer"] == "all" else int(c["latent_layer"])
@@ -434,6 +516,20 @@ def _apply_latent_control(store: AtlasStore, st: ViewState, prop: str, controls:
         L = latent_view.clicked_layer(store, st, clicks["latent_norms" if "norms" in prop else "latent_sep"])
         if L is not None and L != st.latent_layer:
             return st.with_(latent_layer=L, latent_point=None)
+    raise PreventUpdate
+
+
+def _apply_uni_control(st: ViewState, prop: str, controls: dict, clicks: dict) -> ViewState:
+    """The view a Universality control or a click on its heat map asks for."""
+    c = controls
+    if prop == "cmp-dd.value" and c["comparison"] and c["comparison"] != st.comparison:
+        return st.with_(comparison=c["comparison"], cell=None, pair=None)
+    if prop == "metric-radio.value" and c["metric"] in METRICS and c["metric"] != st.metric:
+        return st.with_(metric=c["metric"])
+    if prop == "uni-heatmap.clickData" and st.view == "universality":
+        cell = uni_view.clicked_cell(clicks["uni"])
+        if cell is not None and cell != st.cell:
+            return st.with_(cell=cell, pair=None)
     raise PreventUpdate
 
 
@@ -512,13 +608,15 @@ def _controls(store: AtlasStore, st: ViewState) -> dict:
 
 
 def _latent_controls(store: AtlasStore, st: ViewState) -> dict:
-    """The view switch and the latent controls: values, options, and which view's parts show."""
-    classes = [cls if view == st.view else f"{cls} hidden" for view in ("cloud", "latent")
-               for _, cls in VIEW_PARTS[view]]
+    """The view switch, the latent and universality controls: values, options, and which view's parts show."""
+    classes = [cls if view == st.view else f"{cls} hidden" for view in VIEWS for _, cls in VIEW_PARTS[view]]
+    comparisons = store.comparison_names()
     out = {"view": st.view, "view_classes": classes, "latent_layer": None, "latent_layer_options": [],
            "latent_projection": st.latent_projection, "latent_color": st.latent_color,
            "latent_projection_options": [{**o, "disabled": True} for o in LATENT_PROJECTIONS],
-           "latent_color_options": latent_view.COLOR_OPTIONS}
+           "latent_color_options": latent_view.COLOR_OPTIONS,
+           "comparison": st.comparison, "comparison_options": [{"label": n, "value": n} for n in comparisons],
+           "metric": st.metric}
     has_latent = has_layers = False
     if st.atlas is not None:
         try:
@@ -528,7 +626,9 @@ def _latent_controls(store: AtlasStore, st: ViewState) -> dict:
             pass
     out["view_options"] = [{**VIEW_OPTIONS[0], "disabled": not has_layers},
                            {**VIEW_OPTIONS[1], "disabled": not has_latent,
-                            "title": "" if has_latent else "this atlas has no latent capture"}]
+                            "title": "" if has_latent else "this atlas has no latent capture"},
+                           {**VIEW_OPTIONS[2], "disabled": not comparisons,
+                            "title": "" if comparisons else "no comparison (saegeo compare) is served here"}]
     if not has_latent:
         return out
     n = m.model.n_layers
