@@ -23,7 +23,8 @@ single-user throughput. Every phase is capped in time (--duration) and in reques
 think-time run that samples resident memory every 10 s (is it flat?).
 
 The order of actions of every user comes from its own seeded generator, so runs against
-two servers send the same requests.
+two servers send the same requests. bench/bench_page_load.py drives the Dash page's own
+callbacks the same way.
 
 The figures before and after the work of issue #13 (two cores, both sizes, the same seeds)
 are in docs/api.md, section "Performance". In short, on the 4,096-feature atlas: one user
