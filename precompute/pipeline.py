@@ -161,8 +161,8 @@ class PrecomputeConfig(BaseModel):
                 stage(**getattr(self, name))
             except ValidationError as e:
                 raise ValueError("; ".join(
-                    f"{name}.{'.'.join(str(x) for x in err['loc'])}: "
-                    + ("unknown setting" if err["type"] == "extra_forbidden" else err["msg"])
+                    ".".join([name, *(str(x) for x in err["loc"])]) + ": "
+                    + ("unknown setting" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, "))
                     for err in e.errors())) from None
         return self
 
@@ -694,6 +694,7 @@ def _run(cfg: PrecomputeConfig) -> Path:
     batches = _batches(tc, cfg.batch_size)
     n_cached, mm = 0, {}
     if train:
+        _progress(work, lm.name, "training SAEs")
         n_cached = _train_batches(cfg, tc, batches)
         mm = _capture_training(cfg, lm, tc, batches, n_cached, hooks, work)
         saes = _train(cfg, lm, layers, hooks, mm, work)

@@ -288,3 +288,84 @@ def test_full_disk_mid_run_is_one_line_keeps_earlier_atlases_and_resumes(tmp_pat
         assert validate(disk / "atlas") == [] and validate(earlier) == []
     finally:
         subprocess.run(["umount", "-l", str(disk)])
+
+
+# Every stage of a small run with all of them on: SAE training, statistics, word pairs, the
+# atlas write, geometry over two layers, the latent capture.
+ALL_STAGES = {**MICRO, "layers": [1, 2], "max_tokens": 12_000, "word_pairs": True, "geometry": True, "latent": True,
+              "geometry_config": dict(ks=[2, 4], n_permutations=5, n_random=4, umap=False, entropy_samples=100,
+                                      entropy_components=10, entropy_bootstrap=3, crystal_baseline_repeats=2),
+              "latent_config": dict(n_docs=4, seq_len=32, sample_tokens=64, umap_tokens=0, vector_tokens=16,
+                                    separation_tokens=32)}
+ORDER = ["tokenizing", "training SAEs", "statistics", "word pairs", "writing the atlas", "geometry", "latent"]
+KILL_AT = ["tokenizing", "training SAEs", "statistics", "statistics", "word pairs", "writing the atlas",
+           "geometry", "geometry", "latent", "latent"]
+
+
+def _stage_of(out: Path, since: float) -> str | None:
+    """The stage a run started at ``since`` reports in ``<out>.partial/progress.json``."""
+    try:
+        p = json.loads((out.with_name(out.name + ".partial") / "progress.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return p.get("stage") if p.get("updated", 0) >= since else None
+
+
+def _rank(stage: str | None) -> int:
+    return max([i for i, name in enumerate(ORDER) if stage and name in stage], default=-1)
+
+
+def _same_files(a: Path, b: Path):
+    A, B = open_atlas(a), open_atlas(b)
+    assert sorted(A.manifest.files) == sorted(B.manifest.files)
+    for rel, info in A.manifest.files.items():
+        if rel == "latent/latent.json":     # holds the stage's timings; everything else must agree
+            strip = lambda d: {k: v for k, v in d.items() if not k.startswith("seconds")}  # noqa: E731
+            assert strip(A.json(rel)) == strip(B.json(rel))
+        else:
+            assert info.sha256 == B.manifest.files[rel].sha256, rel
+
+
+def test_sigkill_in_every_stage_then_resume_gives_an_identical_atlas(tmp_path):
+    """Ten SIGKILLs, each at a random moment inside a named stage, each followed by --resume."""
+    import random
+
+    code = ("import json, sys; from precompute.pipeline import PrecomputeConfig, run_precompute; "
+            "run_precompute(PrecomputeConfig(**json.loads(sys.argv[1])))")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}     # the same BLAS threads as the killed runs: same sums
+    ref = tmp_path / "ref"
+    subprocess.run([sys.executable, "-c", code, json.dumps({**ALL_STAGES, "out": str(ref)})], cwd=REPO, env=env,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    out = tmp_path / "killed"
+    cfg = json.dumps({**ALL_STAGES, "out": str(out), "resume": True})
+    rng = random.Random(0)
+    killed = []
+    for target in KILL_AT:
+        start = time.time()
+        proc = subprocess.Popen([sys.executable, "-c", code, cfg], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=env)
+        deadline = start + 300
+        try:
+            # wait until this run reaches the target stage (or one after it: a stage done
+            # before the last kill is skipped on resume), then kill somewhere inside it
+            while proc.poll() is None and _rank(_stage_of(out, start)) < ORDER.index(target) \
+                    and time.time() < deadline:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0, 0.4))
+            stage = _stage_of(out, start)
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed.append(stage or "starting")
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        if out.exists() and not out.with_name("killed.partial").exists():
+            break                                 # it finished: nothing left to kill
+    assert len(killed) >= 10, killed
+    reached = {ORDER[_rank(k)] for k in killed if _rank(k) >= 0}
+    assert {"training SAEs", "statistics", "geometry", "latent"} <= reached, killed
+    subprocess.run([sys.executable, "-c", code, cfg], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=600)
+    _same_files(ref, out)
+    assert not out.with_name("killed.partial").exists()
