@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sys
 from pathlib import Path
 
 from a2wsgi import WSGIMiddleware
@@ -47,7 +48,47 @@ def create_app(atlas_dir: Path, banner: str | None = None, verify: str = "checks
     dash_app = make_dash(store, banner=banner, prefix="/")
     # Mounted last: the API routes above take precedence over the catch-all "/".
     app.mount("/", WSGIMiddleware(dash_app.server))
+    app.add_middleware(SecurityHeaders, csp=content_security_policy(dash_app.csp_hashes()))
     return app
+
+
+def content_security_policy(script_hashes: list[str]) -> str:
+    """The page's Content-Security-Policy: everything from this server only; Dash's own inline
+    scripts by their hashes (nothing else inline runs, so markup smuggled in through a link
+    or an atlas string cannot execute); inline styles, which plotly sets on its elements;
+    images as data:/blob: URLs (plotly's exports); no framing by other sites."""
+    return "; ".join([
+        "default-src 'self'", "script-src 'self' " + " ".join(script_hashes),
+        "style-src 'self' 'unsafe-inline'", "img-src 'self' data: blob:", "font-src 'self' data:",
+        "connect-src 'self'", "worker-src 'self' blob:", "object-src 'none'", "base-uri 'self'",
+        "form-action 'self'", "frame-ancestors 'none'"])
+
+
+class SecurityHeaders:
+    """ASGI middleware adding security headers to every answer (a plain ASGI wrapper rather
+    than a BaseHTTPMiddleware, which would put a task and a queue in front of each request).
+    The interactive API docs (/docs, /redoc) load their scripts from a CDN and keep no CSP."""
+
+    def __init__(self, app, csp: str):
+        self.app = app
+        common = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                  (b"referrer-policy", b"no-referrer")]
+        self.page = common + [(b"content-security-policy", csp.encode())]
+        self.docs = common
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        extra = self.docs if scope["path"].startswith(("/docs", "/redoc")) else self.page
+
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                have = {k.lower() for k, _ in message.get("headers", [])}
+                message = {**message, "headers": list(message.get("headers", [])) +
+                           [(k, v) for k, v in extra if k not in have]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 def default_workers() -> int:
@@ -75,6 +116,10 @@ def serve(atlas_dir: Path, host: str = "127.0.0.1", port: int = 8050, banner: st
     import uvicorn
 
     workers = default_workers() if workers is None else max(1, int(workers))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {host}: anyone who can reach this machine on port {port} can open the explorer "
+              f"and every atlas in {atlas_dir} (there is no login); serve on 127.0.0.1 unless that is intended",
+              file=sys.stderr, flush=True)
     if workers == 1:
         uvicorn.run(create_app(Path(atlas_dir), banner=banner), host=host, port=port, log_level=log_level)
         return

@@ -62,10 +62,13 @@ def browser(server):
 def page(browser):
     ctx = browser.new_context(viewport={"width": 1400, "height": 900})
     pg = ctx.new_page()
-    pg.errors = []
+    pg.errors, pg.csp = [], []
     pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    # the server's Content-Security-Policy must let every interaction of every test work
+    pg.on("console", lambda m: pg.csp.append(m.text) if "Content Security Policy" in m.text else None)
     yield pg
     ctx.close()
+    assert not pg.csp, pg.csp
 
 
 def open_view(page, url: str, n: int = 600):
@@ -352,3 +355,21 @@ def test_panels_open_from_a_link_best_faces_and_figure_downloads(server, page):
                            " return g && g._fullData && g._fullData[0].type === 'heatmap' }")
     assert page.locator("#lobes-table .lobe-export a").count() == 8
     assert page.errors == []
+
+
+def test_security_headers_and_a_policy_the_page_works_under(server, page):
+    r = httpx.get(server + "/")
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self' 'sha256-" in csp and "frame-ancestors 'none'" in csp and "unsafe-eval" not in csp
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
+    api = httpx.get(server + "/api/atlases")
+    assert api.headers["x-content-type-options"] == "nosniff" and "content-security-policy" in api.headers
+    assert "content-security-policy" not in httpx.get(server + "/docs").headers   # Swagger UI's CDN scripts
+    # an inline script slipped into the page (as a link or an atlas string could try) does not run
+    open_view(page, server + "/?layer=1")
+    page.evaluate("() => { const s = document.createElement('script'); s.textContent = 'window.__ran = 1';"
+                  " document.body.appendChild(s); }")
+    assert page.evaluate("() => window.__ran") is None
+    page.wait_for_timeout(300)
+    assert len(page.csp) == 1 and "script-src" in page.csp[0]      # refused, and said so
+    page.csp.clear()

@@ -253,3 +253,54 @@ def test_kept_objects_are_bounded_and_a_replaced_atlas_is_not_answered_from_them
         assert store.reuse(("syn", "y"), lambda: ["second"]) == ["second"]
     finally:
         os.utime(manifest, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_heavy_work_is_limited_per_worker_with_a_readable_503(root, monkeypatch):
+    from app.api import deps
+
+    client = TestClient(create_app(root))
+    url = "/api/atlases/syn/layers/1/figures/spectra.json"
+    monkeypatch.setattr(deps, "HEAVY_WAIT", 0.2)
+    for _ in range(deps.HEAVY_SLOTS):          # every slot busy, as with a user's burst of exports
+        assert deps._heavy.acquire(timeout=1)
+    try:
+        r = client.get(url)
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        assert "busy" in r.json()["detail"] and "retry" in r.json()["detail"]
+        busy = client.get("/api/atlases/syn/layers/1/export?features=1-5")
+        assert busy.status_code == 503
+        assert client.get("/api/atlases/syn/layers/1/features/3").status_code == 200   # cards still served
+    finally:
+        for _ in range(deps.HEAVY_SLOTS):
+            deps._heavy.release()
+    assert client.get(url).status_code == 200
+
+
+def test_serving_beyond_loopback_warns_and_every_request_is_logged(root):
+    import subprocess
+    import sys
+
+    from _app_atlas import REPO, free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--atlas-dir", str(root), "--host", "0.0.0.0",
+                             "--port", str(port), "--workers", "1"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.3)
+        for path in ("/api/atlases", "/api/atlases/syn", "/api/atlases/nope"):
+            httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "warning: serving on 0.0.0.0" in out and "no login" in out
+    logged = [line for line in out.splitlines() if '"GET /api/atlases' in line]
+    assert len(logged) == 3 and " 404" in logged[-1]                 # one line per request, with its status

@@ -1,9 +1,11 @@
 """What the routes are handed by FastAPI's dependency injection."""
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from typing import Annotated
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
@@ -39,3 +41,24 @@ async def cached_bytes(store: AtlasStore, key: tuple, make) -> bytes:
     if body is None:
         body = await run_in_threadpool(store.cached, key, make)
     return body
+
+
+# Exports and figure renders take 0.1-2 s of a worker's CPU each. At most this many run at
+# once per worker, so that a user asking for many of them cannot take every thread of the
+# pool from the others' cards and searches; a request waits HEAVY_WAIT seconds for a slot,
+# then gets a 503 with Retry-After.
+HEAVY_SLOTS = 2
+HEAVY_WAIT = 20.0
+_heavy = threading.BoundedSemaphore(HEAVY_SLOTS)
+
+
+@contextmanager
+def heavy_work():
+    """Hold one of the worker's heavy-work slots (sync code, i.e. in the thread pool)."""
+    if not _heavy.acquire(timeout=HEAVY_WAIT):
+        raise HTTPException(503, detail=f"busy: {HEAVY_SLOTS} exports or figure renders are already running in this "
+                                        f"worker; retry in a few seconds", headers={"Retry-After": "5"})
+    try:
+        yield
+    finally:
+        _heavy.release()

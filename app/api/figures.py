@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response
 
 from app import figures
-from app.api.deps import Store
+from app.api.deps import Store, heavy_work
 from app.api.errors import RESPONSES
 from app.data import Layout
 from app.queries import figures as queries
@@ -36,9 +36,10 @@ def figure(store: Store, atlas: str, layer: int, name: str, fmt: str, layout: La
                                         "PNG and SVG come from the buttons under each figure in the explorer")
     st = queries.figure_state(store, atlas, layer, layout, color, feature=f, min_edge_cos=q, face=face,
                               size_by_freq=size)
-    fig = queries.figure(store, name, st)
-    if fmt == "json":
-        return Response(fig.to_json(), media_type="application/json")
     title = f"{atlas}-layer{layer}-{name}"
-    return Response(figures.standalone_html(fig, title), media_type="text/html",
-                    headers={"Content-Disposition": f'inline; filename="{title}.html"'})
+    with heavy_work():
+        fig = queries.figure(store, name, st)
+        if fmt == "json":
+            return Response(fig.to_json(), media_type="application/json")
+        html = figures.standalone_html(fig, title)
+    return Response(html, media_type="text/html", headers={"Content-Disposition": f'inline; filename="{title}.html"'})
