@@ -400,7 +400,8 @@ def resolve_universality(st: ViewState, store: AtlasStore) -> tuple[ViewState, l
         except UnknownItem:
             notes.append(f"there is no comparison {_short(name)}")
         except AtlasError as e:
-            notes.append(f"comparison {_short(name)} cannot be opened: {e}")
+            if name == st.comparison:   # another one that fails is listed by the API, not on every page
+                notes.append(f"comparison {_short(name)} cannot be opened: {e}")
     if chosen is None:
         back = "feature cloud" if st.layer is not None else "latent geometry"
         return (st.with_(view="cloud" if st.layer is not None else "latent", comparison=None, cell=None, pair=None),

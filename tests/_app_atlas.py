@@ -190,3 +190,124 @@ def start_server(root: Path, banner: str | None = None, extra: list[str] = ()):
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError("server did not start within 60 s")
+
+
+def build_comparison(out: Path, a: Path, b: Path, layers_a=(1, 2), layers_b=(0, 1), seed: int = 0,
+                     n_shuffles: int = 20) -> Path:
+    """A comparison of atlases ``a`` and ``b`` in the exact format of ``saegeo compare``, written
+    by the same writer, from a planted pairing instead of two models' activations: every B
+    feature's best A feature is a fixed random choice with a planted correlation, its top tokens
+    the atlases' own; SVCCA, RSA, their nulls and the subspaces are the analysis functions'
+    values on the paired decoder rows. Seconds, where a real compare needs the models."""
+    from analysis.universality import AlignmentInfo, AtlasRef, ComparisonManifest, similarity_null
+
+    A, B = open_atlas(a, verify="size"), open_atlas(b, verify="size")
+    rng = np.random.default_rng(seed)
+
+    def tokens(atlas, L):
+        t = atlas.table(f"layers/{L}/top_tokens.parquet").sort_values(["feature", "rank"])
+        return {int(f): [str(x) for x in g["token"].head(5)] for f, g in t.groupby("feature")}
+
+    def sims(X, Y, s):
+        if len(X) < 3:
+            return {k: None for k in ("svcca", "svcca_p", "svcca_null_mean", "svcca_null_std", "rsa", "rsa_p",
+                                      "rsa_null_mean", "rsa_null_std")}
+        sv, rs = similarity_null(X, Y, "svcca", n_shuffles, s), similarity_null(X, Y, "rsa", n_shuffles, s + 1)
+        return {"svcca": sv["value"], "svcca_p": sv["p"], "svcca_null_mean": sv["null_mean"],
+                "svcca_null_std": sv["null_std"], "rsa": rs["value"], "rsa_p": rs["p"],
+                "rsa_null_mean": rs["null_mean"], "rsa_null_std": rs["null_std"]}
+
+    shape = (len(layers_a), len(layers_b))
+    mats = {k: np.full(shape, np.nan) for k in ("svcca", "svcca_p", "rsa", "rsa_p")}
+    n_pairs = np.zeros(shape, np.int64)
+    tables, summary, subs = {}, [], []
+    for i, La in enumerate(layers_a):
+        Wa, ta = np.asarray(A.array(f"layers/{La}/decoder.npy"), np.float64), tokens(A, La)
+        for j, Lb in enumerate(layers_b):
+            Wb, tb = np.asarray(B.array(f"layers/{Lb}/decoder.npy"), np.float64), tokens(B, Lb)
+            Fb = len(Wb)
+            fa = rng.choice(len(Wa), Fb, replace=False).astype(np.int32)
+            corr = rng.uniform(-0.05, 1.0, Fb).astype(np.float32)
+            punct = rng.random(Fb) < 0.05
+            shared = rng.random(Fb) < 0.9
+            kept = (corr > 0.1) & ~punct & shared
+            tables[(La, Lb)] = pd.DataFrame({
+                "feature_b": np.arange(Fb, dtype=np.int32), "feature_a": fa, "corr": corr,
+                "tokens_a": [ta.get(int(f), []) for f in fa], "tokens_b": [tb.get(f, []) for f in range(Fb)],
+                "punctuation": punct, "shared_token": shared, "kept": kept})
+            r = sims(Wa[fa[kept]], Wb[kept], seed + 10 * i + j)
+            for k in mats:
+                mats[k][i, j] = np.nan if r[k] is None else r[k]
+            n_pairs[i, j] = int(kept.sum())
+            summary.append({"layer_a": La, "layer_b": Lb, "n_features_a": len(Wa), "n_features_b": Fb,
+                            "n_pairs": int(kept.sum()), "n_corr_ok": int((corr > 0.1).sum()),
+                            "n_punctuation": int(punct.sum()), "n_shared": int(shared.sum()),
+                            "mean_corr_kept": float(corr[kept].mean()), **r, "n_shuffles": n_shuffles})
+            group = np.flatnonzero(kept)[:8]
+            g = sims(Wa[fa[group]], Wb[group], seed + 100)
+            subs.append((La, Lb, "time", 8, 8, 8, g["svcca"], g["svcca_p"], g["rsa"], g["rsa_p"], n_shuffles, ""))
+            subs.append((La, Lb, "months", 2, 5, 0, None, None, None, None, 0,
+                         "2 feature(s) on one side (needs > 2 per side)"))
+
+    def ref(atlas, layers):
+        m = atlas.manifest
+        return AtlasRef(path=str(atlas.path), title=m.title, model=m.model.name, model_source=m.model.source,
+                        tokenizer=m.model.tokenizer or "", layers=list(layers),
+                        saes={str(L): m.layer(L).sae.source for L in layers},
+                        widths={str(L): int(m.layer(L).sae.width) for L in layers})
+
+    manifest = ComparisonManifest(
+        title=f"{a.name} vs {b.name} (planted pairing)", a=ref(A, layers_a), b=ref(B, layers_b),
+        corpus={"name": "planted", "max_tokens": 0, "seq_len": 0},
+        alignment=AlignmentInfo(same_tokenizer=True, unit="one token (one tokenizer)", n_documents=10, n_chars=5000,
+                                n_units=1000, n_tokens_a=1000, n_tokens_b=1000),
+        configs={"compare": {"pairing": "many_to_one", "min_corr": 0.1, "n_shuffles": n_shuffles}},
+        notes=["planted pairing for the app's tests"])
+    cols = ["layer_a", "layer_b", "group", "n_a", "n_b", "n_pairs", "svcca", "svcca_p", "rsa", "rsa_p",
+            "n_shuffles", "skipped"]
+    sub = pd.DataFrame(subs, columns=cols)
+    for col in ("svcca", "svcca_p", "rsa", "rsa_p"):
+        sub[col] = sub[col].astype(float)
+    with AtlasWriter(out, manifest) as w:
+        for k, v in mats.items():
+            w.put_array(f"{k}.npy", v)
+        w.put_array("n_pairs.npy", n_pairs)
+        for (La, Lb), t in tables.items():
+            w.put_table(manifest.pair_file(La, Lb), t)
+        w.put_table("subspaces.parquet", sub)
+        w.put_json("summary.json", {"pairs": summary, "keyword_groups": {"time": ["day", "hour"],
+                                                                         "months": ["may", "june"]}, "seconds": 0})
+    return out
+
+
+def comparison_root(request, tmp_path_factory) -> Path:
+    """A folder with atlases ``syn`` (layers 0-2, 600 features) and ``syn2`` (layers 0-1, 300
+    features), the comparison ``syn-vs-syn2`` of them, ``orphan`` (whose B atlas is not served)
+    and ``broken`` (a truncated file), built once per session."""
+    import json
+    import shutil
+
+    root = tmp_path_factory.getbasetemp() / "comparison-atlases"
+    if not (root / "broken" / "manifest.json").is_file():
+        root.mkdir(exist_ok=True)
+        if not (root / "syn").is_dir():
+            shutil.copytree(app_atlas_root(request, tmp_path_factory) / "syn", root / "syn")
+        if not (root / "syn2").is_dir():
+            make_synthetic_atlas(root / "syn2", n_features=300, d_model=40, layers=(0, 1), n_blocks=600, seed=2,
+                                 geometry=False)
+        if not (root / "syn-vs-syn2").is_dir():
+            build_comparison(root / "syn-vs-syn2", root / "syn", root / "syn2")
+        if not (root / "orphan").is_dir():
+            # B computed from a folder that is not served, of a model no served atlas has
+            shutil.copytree(root / "syn2", root / "gone-src")
+            with AtlasWriter.update(root / "gone-src") as w:
+                w.manifest.model = w.manifest.model.model_copy(update={"name": "other-model"})
+            build_comparison(root / "orphan", root / "syn", root / "gone-src", layers_a=(0,), layers_b=(0,), seed=1)
+            shutil.rmtree(root / "gone-src")
+        shutil.copytree(root / "syn-vs-syn2", root / "broken.tmp")
+        with open(root / "broken.tmp" / "svcca.npy", "r+b") as f:
+            f.truncate(64)
+        m = json.loads((root / "broken.tmp" / "manifest.json").read_text())
+        (root / "broken.tmp" / "manifest.json").write_text(json.dumps(m))
+        (root / "broken.tmp").rename(root / "broken")
+    return root

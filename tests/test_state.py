@@ -166,3 +166,28 @@ def test_an_atlas_without_a_latent_capture_shows_the_cloud_with_a_notice(store):
     assert st.view == "cloud" and st.latent_point is None and (st.atlas, st.layer) == ("syn", 1)
     assert notes == ["atlas 'syn' has no latent capture (saegeo precompute --latent); showing the feature cloud"]
     assert "view" not in st.to_query()
+
+
+def test_universality_keys_round_trip_and_stay_out_of_other_links():
+    st = ViewState(atlas="a", layer=1, view="universality", cmp="a-vs-b", um="rsa", cell=(15, 9), pair=380)
+    q = st.to_query()
+    assert q == "?atlas=a&layer=1&layout=pca&color=lobe&view=universality&cmp=a-vs-b&um=rsa&cell=15:9&pair=380"
+    assert parse_query(q) == (st, [])
+    # switching views keeps the universality fields, but cloud and latent links do not carry them
+    assert "cmp" not in st.with_(view="cloud").to_query() and "cell" not in st.with_(view="latent").to_query()
+    assert st.with_(view="cloud").comparison == "a-vs-b"
+
+
+@pytest.mark.parametrize("query, key", [
+    ("view=compare", "view"), ("cmp=../x", "cmp"), ("um=cka", "um"), ("cell=15", "cell"), ("cell=a:b", "cell"),
+    ("cell=-1:2", "cell"), ("pair=#3", "pair"), ("pair=-1", "pair"),
+])
+def test_malformed_universality_values_are_dropped_with_a_message(query, key):
+    st, problems = parse_query("?" + query)
+    assert len(problems) == 1 and problems[0].startswith(f"ignored {key}="), problems
+    assert st == ViewState()
+
+
+def test_without_a_comparison_the_universality_view_falls_back_to_the_cloud(store):
+    st, notes = resolve(parse_query("?view=universality&cell=1:0")[0], store)
+    assert st.view == "cloud" and st.cell is None and any("no comparison is served" in n for n in notes)

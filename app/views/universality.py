@@ -1,9 +1,9 @@
 """The Universality view (METHODS 5): how alike two SAE sets are, layer pair by layer pair.
 
-The heat map has one trace: rows are the layers of A, columns those of B, the colour the
-metric of the view (SVCCA or RSA), each cell's ``customdata`` its layers, p-value, the
-null's mean and spread and its number of pairs, so a click names its layer pair without a
-lookup. A selected cell lists its paired features below, side by side; a pair links to both
+The heat map has one trace: rows are the layers of A (labelled ``A <layer>``), columns those
+of B (``B <layer>``), the colour the metric of the view (SVCCA or RSA), each cell's
+``customdata`` its layers, p-value, the null's mean and spread and its number of pairs (for
+the hover); a click names its layer pair by the labels. A selected cell lists its paired features below, side by side; a pair links to both
 features' cards in their clouds and selects itself (``pair=``) to show whole in the card column.
 """
 from __future__ import annotations
@@ -67,10 +67,13 @@ def heatmap(detail: ComparisonDetail, st: ViewState) -> dict:
 
 
 def clicked_cell(click) -> tuple[int, int] | None:
+    """The layer pair of a click on the heat map, from the cell's axis labels (``A 15``, ``B 9``):
+    dcc.Graph leaves a heat map cell's customdata out of its clickData."""
     pt = ((click or {}).get("points") or [{}])[0]
-    cd = pt.get("customdata")
-    if isinstance(cd, list) and len(cd) >= 2 and all(isinstance(x, int) for x in cd[:2]):
-        return cd[0], cd[1]
+    x, y = pt.get("x"), pt.get("y")
+    if isinstance(x, str) and isinstance(y, str) and x[2:].isdigit() and y[2:].isdigit() \
+            and x.startswith("B ") and y.startswith("A "):
+        return int(y[2:]), int(x[2:])
     return None
 
 
