@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Response
+from fastapi import Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
+from app.api.errors import Busy
 from app.data import AtlasStore
 
 
@@ -52,13 +52,14 @@ HEAVY_WAIT = 20.0
 _heavy = threading.BoundedSemaphore(HEAVY_SLOTS)
 
 
-@contextmanager
-def heavy_work():
-    """Hold one of the worker's heavy-work slots (sync code, i.e. in the thread pool)."""
-    if not _heavy.acquire(timeout=HEAVY_WAIT):
-        raise HTTPException(503, detail=f"busy: {HEAVY_SLOTS} exports or figure renders are already running in this "
-                                        f"worker; retry in a few seconds", headers={"Retry-After": "5"})
-    try:
-        yield
-    finally:
+class HeavyWork:
+    """``with HeavyWork():`` holds one of the worker's heavy-work slots (sync code, i.e. in the
+    thread pool); raises ``Busy`` (503, Retry-After) when none comes free in time."""
+
+    def __enter__(self):
+        if not _heavy.acquire(timeout=HEAVY_WAIT):
+            raise Busy(f"busy: {HEAVY_SLOTS} exports or figure renders are already running in this worker; "
+                       f"retry in a few seconds")
+
+    def __exit__(self, *exc) -> None:
         _heavy.release()

@@ -6,6 +6,7 @@
   (FastAPI answers 422 itself for values of the wrong type)
 * ``AtlasError`` -> 503: the atlas fails validation; the message names the bad file, so the
   operator can fix it (and a traceback never reaches the client)
+* ``Busy`` -> 503 with ``Retry-After``: every heavy-work slot of the worker stayed taken
 
 Every body is ``{"detail": "<one readable line>"}``, like FastAPI's own HTTPException.
 """
@@ -18,7 +19,14 @@ from app.data import BadParameter, UnknownAtlas, UnknownItem
 from app.models import ErrorDetail
 from analysis.atlas import AtlasError
 
-STATUS: dict[type[Exception], int] = {UnknownAtlas: 404, UnknownItem: 404, BadParameter: 422, AtlasError: 503}
+
+
+class Busy(Exception):
+    """No heavy-work slot came free in time (app.api.deps.HeavyWork)."""
+
+
+STATUS: dict[type[Exception], int] = {UnknownAtlas: 404, UnknownItem: 404, BadParameter: 422, AtlasError: 503,
+                                      Busy: 503}
 
 
 def message(exc: Exception) -> str:
@@ -28,7 +36,8 @@ def message(exc: Exception) -> str:
 
 async def as_http(request: Request, exc: Exception) -> JSONResponse:
     status = next(code for cls, code in STATUS.items() if isinstance(exc, cls))
-    return JSONResponse({"detail": message(exc)}, status_code=status)
+    headers = {"Retry-After": "5"} if isinstance(exc, Busy) else None
+    return JSONResponse({"detail": message(exc)}, status_code=status, headers=headers)
 
 
 def install(app: FastAPI) -> None:

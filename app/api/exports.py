@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import Store, cached_bytes, heavy_work
+from app.api.deps import HeavyWork, Store, cached_bytes
 from app.api.errors import RESPONSES
 from app.data import Layout
 from app.queries import exports as queries
@@ -22,7 +22,7 @@ async def export(store: Store, atlas: str, layer: int,
                                                                  "e.g. phi:8:3 (instead of features)")] = "",
            format: queries.Format = "csv", layout: Layout = "pca") -> Response:
     def make() -> bytes:   # kept in the store's bounded cache (a huge export is not kept)
-        with heavy_work():
+        with HeavyWork():
             body, _ = queries.export(store, atlas, layer, features, lobe, format, layout)
         return body.encode() if isinstance(body, str) else body
 

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response
 
 from app import figures
-from app.api.deps import Store, heavy_work
+from app.api.deps import HeavyWork, Store
 from app.api.errors import RESPONSES
 from app.data import Layout
 from app.queries import figures as queries
@@ -37,7 +37,7 @@ def figure(store: Store, atlas: str, layer: int, name: str, fmt: str, layout: La
     st = queries.figure_state(store, atlas, layer, layout, color, feature=f, min_edge_cos=q, face=face,
                               size_by_freq=size)
     title = f"{atlas}-layer{layer}-{name}"
-    with heavy_work():
+    with HeavyWork():
         fig = queries.figure(store, name, st)
         if fmt == "json":
             return Response(fig.to_json(), media_type="application/json")
