@@ -198,6 +198,14 @@ def _short(v: str) -> str:
     return repr(v if len(v) <= 40 else v[:40] + "...")
 
 
+# keys whose value is one of a few words, and keys written <number>:<number>: (allowed, hint)
+_CHOICES = {"layout": (LAYOUTS, "use pca or umap"), "panel": (PANELS, "use " + ", ".join(PANELS)),
+            "view": (VIEWS, "use " + " or ".join(VIEWS)), "lp": (LAYOUTS, "use pca or umap"),
+            "lc": (LATENT_COLORS, "use " + ", ".join(LATENT_COLORS)), "um": (METRICS, "use " + " or ".join(METRICS))}
+_PAIRS = {"pt": (r"(\d{1,6}):(\d{1,9})", "use <capture slot>:<sample token>, e.g. 3:17"),
+          "cell": (r"(\d{1,6}):(\d{1,6})", "use <layer of A>:<layer of B>, e.g. 15:9")}
+
+
 def parse_query(search: str | None) -> tuple[ViewState, list[str]]:
     """Parse ``?a=b&...`` tolerantly; returns the state and one message per dropped value."""
     problems: list[str] = []
@@ -221,11 +229,19 @@ def parse_query(search: str | None) -> tuple[ViewState, list[str]]:
                 s[key] = int(raw[key])
             else:
                 bad(key, "not a whole number")
-    if "layout" in raw:
-        if raw["layout"] in LAYOUTS:
-            s["layout"] = raw["layout"]
-        else:
-            bad("layout", "use pca or umap")
+    for key, (choices, hint) in _CHOICES.items():
+        if key in raw:
+            if raw[key] in choices:
+                s[key] = raw[key]
+            else:
+                bad(key, hint)
+    for key, (pattern, hint) in _PAIRS.items():
+        if key in raw:
+            m = re.fullmatch(pattern, raw[key])
+            if m:
+                s[key] = (int(m[1]), int(m[2]))
+            else:
+                bad(key, hint)
     if "color" in raw:
         try:
             s["color"] = Coloring.parse(raw["color"])
@@ -236,11 +252,6 @@ def parse_query(search: str | None) -> tuple[ViewState, list[str]]:
             s["size"] = True
         elif raw["size"] not in ("", "0", "none", "false"):
             bad("size", "use size=freq")
-    if "panel" in raw:
-        if raw["panel"] in PANELS:
-            s["panel"] = raw["panel"]
-        else:
-            bad("panel", "use " + ", ".join(PANELS))
     if "q" in raw:
         try:
             q = float(raw["q"])
@@ -258,11 +269,6 @@ def parse_query(search: str | None) -> tuple[ViewState, list[str]]:
                 s[key] = v
             except ValueError:
                 bad(key, "use three numbers x,y,z")
-    if "view" in raw:
-        if raw["view"] in VIEWS:
-            s["view"] = raw["view"]
-        else:
-            bad("view", "use " + " or ".join(VIEWS))
     if "ll" in raw:
         if raw["ll"] == "all":
             s["ll"] = None
@@ -270,38 +276,11 @@ def parse_query(search: str | None) -> tuple[ViewState, list[str]]:
             s["ll"] = int(raw["ll"])
         else:
             bad("ll", "use a layer number or all")
-    if "lp" in raw:
-        if raw["lp"] in LAYOUTS:
-            s["lp"] = raw["lp"]
-        else:
-            bad("lp", "use pca or umap")
-    if "lc" in raw:
-        if raw["lc"] in LATENT_COLORS:
-            s["lc"] = raw["lc"]
-        else:
-            bad("lc", "use " + ", ".join(LATENT_COLORS))
-    if "pt" in raw:
-        m = re.fullmatch(r"(\d{1,6}):(\d{1,9})", raw["pt"])
-        if m:
-            s["pt"] = (int(m[1]), int(m[2]))
-        else:
-            bad("pt", "use <capture slot>:<sample token>, e.g. 3:17")
     if "cmp" in raw:
         if valid_name(raw["cmp"]):
             s["cmp"] = raw["cmp"]
         else:
             bad("cmp", "not a comparison name")
-    if "um" in raw:
-        if raw["um"] in METRICS:
-            s["um"] = raw["um"]
-        else:
-            bad("um", "use " + " or ".join(METRICS))
-    if "cell" in raw:
-        m = re.fullmatch(r"(\d{1,6}):(\d{1,6})", raw["cell"])
-        if m:
-            s["cell"] = (int(m[1]), int(m[2]))
-        else:
-            bad("cell", "use <layer of A>:<layer of B>, e.g. 15:9")
     if "pair" in raw:
         if re.fullmatch(r"\d{1,9}", raw["pair"]):
             s["pair"] = int(raw["pair"])

@@ -41,6 +41,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from precompute.errors import PrecomputeError
+from precompute.pipeline import keep_work_dir, out_lock
 
 __all__ = ["CompareConfig", "CompareError", "run_compare"]
 
@@ -566,8 +567,14 @@ def _decoder(side: Side, layer: int) -> np.ndarray:
 def run_compare(cfg: CompareConfig) -> Path:
     """Run the comparison of ``cfg`` and return the comparison folder.
 
-    Raises ``CompareError`` (one line, nothing written to ``cfg.out``) for bad input.
+    Raises ``CompareError`` (one line, nothing written to ``cfg.out``) for bad input; a second
+    run on the same ``out`` is refused while one runs (``precompute.pipeline.out_lock``).
     """
+    with out_lock(Path(cfg.out).expanduser().resolve()):
+        return _run(cfg)
+
+
+def _run(cfg: CompareConfig) -> Path:
     from analysis.atlas import AtlasWriter
     from analysis.universality import (AlignmentInfo, AtlasRef, ComparisonManifest, load_keywords)
 
@@ -588,14 +595,8 @@ def run_compare(cfg: CompareConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     work = cfg.work_dir()
     ident = json.dumps(cfg.identity(), sort_keys=True, default=str)
-    if work.exists():
-        prev = (work / "config.json").read_text() if (work / "config.json").is_file() else None
-        if cfg.resume and prev is not None and prev != ident:
-            raise CompareError(f"{work} holds a comparison with other settings; resume with the same settings "
-                               f"or delete that folder")
-        if not cfg.resume or prev is None:
-            _log(cfg, f"starting over: removing the unfinished comparison in {work}")
-            shutil.rmtree(work)
+    if not keep_work_dir(work, ident, cfg.resume):
+        _log(cfg, f"starting over: removing the unfinished comparison in {work}")
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(ident)
 

@@ -285,6 +285,22 @@ def _vocab(lm: LoadedModel) -> list[str]:
 # ---------------------------------------------------------------------- stages
 
 
+def keep_work_dir(work: Path, ident: str, resume: bool) -> bool:
+    """Keep an unfinished run's work folder when resuming it with the same settings (``ident``,
+    its ``config.json``); remove it when not resuming or when it has no settings; refuse to
+    resume one made with other settings. Returns whether a folder was kept (or none existed)."""
+    if not work.exists():
+        return True
+    prev = (work / "config.json").read_text() if (work / "config.json").is_file() else None
+    if resume and prev is not None and prev != ident:
+        raise PrecomputeError(f"{work} holds a run with other settings; resume with the same settings, "
+                              f"or delete that folder to start over")
+    if resume and prev is not None:
+        return True
+    shutil.rmtree(work)
+    return False
+
+
 def _preflight(cfg: PrecomputeConfig) -> None:
     """Refuse what can be refused before the model loads (which takes 10-100 s): no layers
     and no SAEs, a corpus that cannot be opened (missing file, unreachable Hub dataset), an
@@ -660,14 +676,8 @@ def _run(cfg: PrecomputeConfig) -> Path:
         raise PrecomputeError(f"{out} already exists; choose another --out or pass overwrite")
     work = cfg.work_dir()
     ident = json.dumps(cfg.identity(), sort_keys=True)
-    if work.exists():
-        prev = (work / "config.json").read_text() if (work / "config.json").is_file() else None
-        if cfg.resume and prev is not None and prev != ident:
-            raise PrecomputeError(f"{work} holds a run with other settings; resume with the same settings, "
-                                  f"or delete that folder to start over")
-        if not cfg.resume or prev is None:
-            _log(cfg, f"starting over: removing the unfinished run in {work}")
-            shutil.rmtree(work)
+    if not keep_work_dir(work, ident, cfg.resume):
+        _log(cfg, f"starting over: removing the unfinished run in {work}")
     _preflight(cfg)
     torch.manual_seed(cfg.seed)
     if cfg.threads:
