@@ -371,7 +371,6 @@ def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")
 
     atlas_dir.mkdir(parents=True, exist_ok=True)
     try:
-        from precompute.latent import LatentConfig, latent_done
         from precompute.pipeline import PrecomputeConfig, PrecomputeError, geometry_done, run_precompute
         from precompute.train_saes import shipped_saes
     except ImportError as e:
@@ -407,8 +406,7 @@ def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")
                 typer.echo(f"no SAEs ship with {model} yet, so its demo atlas is not built: train them with "
                            f"`saegeo train-saes --model {model}` (resumable), then run the demo again", err=True)
                 continue
-            # an atlas from before the latent stage existed gets it added, the rest kept
-            if not check(target, verify="size") and geometry_done(target) and latent_done(target, LatentConfig()):
+            if not check(target, verify="size") and geometry_done(target) and _latent_current(target):
                 continue
             typer.echo(f"building the demo atlas of {model} in {target} (first run only; the explorer shows "
                        f"its progress and opens it when ready)")
@@ -427,6 +425,16 @@ def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def _latent_current(target: Path) -> bool:
+    """False for a demo atlas built before the latent stage existed, so the next `saegeo demo`
+    adds it; an atlas the demo profile did not build (a user's, a synthetic one) is left as is."""
+    from analysis.atlas import open_atlas
+    from precompute.latent import LatentConfig, latent_done
+
+    cfg = open_atlas(target, verify="size").manifest.configs.get("precompute") or {}
+    return cfg.get("profile") != "demo" or latent_done(target, LatentConfig())
 
 
 def _port_free(host: str, port: int) -> bool:
