@@ -13,7 +13,7 @@ camera callback after a full redraw, the build poll every 5 s and searches.
    checkout's server, clicks a feature, switches layer, opens the lobes panel, changes the
    colouring and searches; every POST body of ``/_dash-update-component`` is kept, one
    template per callback (and one controller body per triggering control). Recorded once per
-   cache folder (``page-callbacks.json``; ``--rerecord`` to redo it).
+   cache folder (``page-callbacks-<digest of app/views>.json``; ``--rerecord`` to redo it).
 2. **Replay**: N users (httpx, one kept-alive connection pool each, like a browser tab) act
    like the page's renderer: a user keeps the values of the components its callbacks read
    (view, rendered, spectra-key, controls...) from the answers it got, and after the
@@ -149,8 +149,10 @@ def record(base: str, n_features: int) -> dict:
             out["controller"].setdefault(body["changedPropIds"][0], body)
             continue
         out.setdefault(kind, body)
-        if any(key(r) == "view.data" for r in refs({"inputs": body["inputs"]})):
-            # every callback reading the view: the renderer sends them all after the controller
+        if any(key(r) == "view.data" or key(r).startswith("view-") and key(r).endswith(".data")
+               for r in refs({"inputs": body["inputs"]})):
+            # every callback reading the view (or the shown view's own store): the renderer
+            # sends them all after the controller
             out["followers"].setdefault(body["output"], body)
     need = ("cloud.clickData", "layer-dd.value", "color-dd.value", "panel-tabs.value", "url.search")
     missing = [k for k in need if k not in out["controller"]]
@@ -161,14 +163,25 @@ def record(base: str, n_features: int) -> dict:
     return out
 
 
+def recording_path(args) -> Path:
+    """Where the recording of the measured checkout's page is kept: named by a digest of its
+    Dash views, so a page whose callbacks changed is recorded again, never replayed stale."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted((args.repo / "app" / "views").glob("*.py")):
+        h.update(f.read_bytes())
+    return args.cache / f"page-callbacks-{h.hexdigest()[:12]}.json"
+
+
 def recorded(args, root: Path, n_features: int) -> dict:
-    """The recording (made once, from this checkout's page served by one worker: the browser's
-    first render then never waits on a second worker warming up)."""
-    path = args.cache / "page-callbacks.json"
+    """The recording (made once per page version, from the measured checkout's page served by
+    one worker: the browser's first render then never waits on a second worker warming up)."""
+    path = recording_path(args)
     if path.is_file() and not args.rerecord:
         return json.loads(path.read_text())
     t = time.time()
-    proc = start_server(REPO, root, free_port(), ["--workers", "1"])
+    proc = start_server(args.repo, root, free_port(), ["--workers", "1"])
     try:
         rec = record(f"http://127.0.0.1:{proc.args[proc.args.index('--port') + 1]}", n_features)
     finally:
@@ -479,11 +492,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.quick:
         args.features, args.users, args.duration, args.max_requests = [600], 10, 5.0, 2_000
-    if not Path(CHROMIUM).is_file() and not (args.cache / "page-callbacks.json").is_file():
+    args.repo = args.repo.resolve()
+    if not Path(CHROMIUM).is_file() and not recording_path(args).is_file():
         print(f"bench_page_load: skipped, {CHROMIUM} is needed to record the page's callbacks once")
         return
     args.server_args = shlex.split(args.server_args)
-    args.repo = args.repo.resolve()
     args.cache.mkdir(parents=True, exist_ok=True)
     for n in args.features:
         bench_size(args, n)

@@ -205,9 +205,9 @@ def test_the_page_callbacks_answer_the_same_from_the_cache_as_computed_afresh(ro
             c.get("/api/atlases/syn/layers/0/features/7")     # this card's answer comes from the API's cache
             for st in views:
                 view = st.model_dump(mode="json")
-                for output, values in (("cloud.figure", {"view.data": view}),
+                for output, values in (("cloud.figure", {"view-cloud.data": view}),
                                        ("card.children", {"view.data": view}),
-                                       ("spectra.figure", {"view.data": view})):
+                                       ("spectra.figure", {"view-cloud.data": view})):
                     first, again = _callback(c, deps, output, values), _callback(c, deps, output, values)
                     assert first == again == fresh(output, values), (output, st)
                     assert first is not None and first["response"]

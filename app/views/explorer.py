@@ -109,6 +109,9 @@ def page(banner: str | None) -> html.Div:
     return html.Div([
         dcc.Location(id="url", refresh=False),
         dcc.Store(id="view"), dcc.Store(id="rendered"), dcc.Store(id="latent-rendered"),
+        # the view again, one store per view, written only while that view shows: a hidden
+        # view's callbacks are then not called at all (each call would be a request)
+        *[dcc.Store(id=f"view-{v}") for v in VIEWS],
         dcc.Store(id="latent-panels-key"), dcc.Store(id="spectra-key"), dcc.Store(id="spectra-layers"),
         html.Header([html.H1("saegeo"), html.Span("geometry of sparse-autoencoder features", className="muted"),
                      html.Div(banner or "", id="custom-banner", className="banner info" if banner else "")]),
@@ -188,7 +191,8 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
     # order of the twenty-odd outputs can silently put a value into the wrong control.
     @app.callback(
         output={"url": Output("url", "search"), "notice": Output("notice", "children"),
-                "view": Output("view", "data"), "controls": CONTROL_OUTPUTS},
+                "view": Output("view", "data"), "shown": {v: Output(f"view-{v}", "data") for v in VIEWS},
+                "controls": CONTROL_OUTPUTS},
         inputs={"search": Input("url", "search"), "controls": CONTROL_INPUTS,
                 "clicks": {"cloud": Input("cloud", "clickData"), "spectra": Input("spectra", "clickData"),
                            "alpha": Input("alpha-fig", "clickData"),
@@ -223,8 +227,9 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
             st, _ = resolve(st, store)  # a control can only ask for what exists; snap silently
         st = _fly(store, st, prev, fresh=prop == "." or not prev)
         query = st.to_query()
-        return {"url": query if query != (search or "") else no_update, "notice": _notice(notes),
-                "view": st.model_dump(), "controls": _controls(store, st)}
+        data = st.model_dump()
+        return {"url": query if query != (search or "") else no_update, "notice": _notice(notes), "view": data,
+                "shown": {v: data if v == st.view else no_update for v in VIEWS}, "controls": _controls(store, st)}
 
     @app.callback(Output("building", "children"), Output("building-tick", "disabled"),
                   Input("building-tick", "n_intervals"))
@@ -262,7 +267,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
         return st.with_(eye=eye, center=ctr).to_query()
 
     @app.callback(Output("cloud", "figure"), Output("rendered", "data"), Output("legend", "children"),
-                  Input("view", "data"), State("rendered", "data"))
+                  Input("view-cloud", "data"), State("rendered", "data"))
     def draw(view, rendered):
         # the hidden cloud waits: "rendered" keeps what it shows, so coming back patches from there
         if not view or view.get("atlas") is None or view.get("layer") is None or view.get("view") != "cloud":
@@ -304,7 +309,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
     @app.callback(Output("spectra", "figure"), Output("spectra-note", "children"), Output("spectra-key", "data"),
                   Output("spectra-layers", "data"), Output("alpha-fig", "figure"), Output("negentropy-fig", "figure"),
                   Output("spectra-exports", "children"), Output("alpha-exports", "children"),
-                  Output("negentropy-exports", "children"), Input("view", "data"), State("spectra-key", "data"))
+                  Output("negentropy-exports", "children"), Input("view-cloud", "data"), State("spectra-key", "data"))
     def spectra(view, key):
         if not view or view.get("atlas") is None or view.get("layer") is None or view.get("view") != "cloud":
             raise PreventUpdate
@@ -328,7 +333,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
 
     @app.callback(Output("latent-cloud", "figure"), Output("latent-rendered", "data"),
                   Output("latent-legend", "children"), Output("latent-note", "children"),
-                  Input("view", "data"), State("latent-rendered", "data"))
+                  Input("view-latent", "data"), State("latent-rendered", "data"))
     def latent_draw(view, rendered):
         """The latent cloud: drawn whole when what it shows changes, patched for a selection."""
         if not view or view.get("atlas") is None or view.get("view") != "latent":
@@ -348,7 +353,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
 
     @app.callback(Output("latent-norms-fig", "figure"), Output("latent-positions-fig", "figure"),
                   Output("latent-sep-fig", "figure"), Output("latent-panels-key", "data"),
-                  Input("view", "data"), State("latent-panels-key", "data"))
+                  Input("view-latent", "data"), State("latent-panels-key", "data"))
     def latent_panels(view, key):
         if not view or view.get("atlas") is None or view.get("view") != "latent":
             raise PreventUpdate
@@ -362,7 +367,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
             raise PreventUpdate from None
         return (*figs, [st.atlas, st.latent_layer])
 
-    @app.callback(Output("latent-card", "children"), Input("view", "data"))
+    @app.callback(Output("latent-card", "children"), Input("view-latent", "data"))
     def latent_card(view):
         if not view or view.get("atlas") is None or view.get("view") != "latent":
             raise PreventUpdate
@@ -373,7 +378,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
             raise PreventUpdate from None
 
     @app.callback(Output("uni-heatmap", "figure"), Output("uni-sides", "children"), Output("uni-card", "children"),
-                  Output("uni-subspaces", "children"), Input("view", "data"))
+                  Output("uni-subspaces", "children"), Input("view-universality", "data"))
     def uni_draw(view):
         """The Universality view: heat map, who is compared, the selected cell and pair, subspaces."""
         if not view or view.get("view") != "universality" or not view.get("comparison"):
@@ -388,7 +393,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
 
     @app.callback(Output("pairs-table", "children"), Output("pairs-offset", "data"),
                   Output("pairs-prev", "disabled"), Output("pairs-next", "disabled"), Output("uni-pairs", "className"),
-                  Input("view", "data"), Input("pairs-sort", "value"), Input("pairs-min", "value"),
+                  Input("view-universality", "data"), Input("pairs-sort", "value"), Input("pairs-min", "value"),
                   Input("pairs-kept", "value"), Input("pairs-q", "value"), Input("pairs-prev", "n_clicks"),
                   Input("pairs-next", "n_clicks"), State("pairs-offset", "data"))
     def uni_pairs(view, sort, min_corr, kept, q, _prev, _next, offset):
@@ -406,7 +411,7 @@ def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -
             start = max(0, start - uni_view.PAGE)
         elif prop == "pairs-next.n_clicks":
             start += uni_view.PAGE
-        elif prop != "view.data":
+        elif prop != "view-universality.data":
             start = 0   # a new sort or filter starts from its first page
         try:
             min_corr = float(min_corr) if isinstance(min_corr, (int, float)) and -1 <= min_corr <= 1 else None
