@@ -211,6 +211,13 @@ def key(ref: dict) -> str:
     return f"{ref['id']}.{ref['property']}"
 
 
+def followers_of(rec: dict, answer: dict) -> list[dict]:
+    """The callbacks the renderer sends after a controller answer: those with an input the
+    answer set (a store the controller left alone, e.g. a hidden view's, triggers nothing)."""
+    changed = {f"{cid}.{prop}" for cid, props in (answer.get("response") or {}).items() for prop in props}
+    return [b for b in rec["followers"].values() if any(key(r) in changed for r in refs({"inputs": b["inputs"]}))]
+
+
 class PageUser:
     """One browser tab's state: the component values its callbacks read, updated from answers."""
 
@@ -328,7 +335,7 @@ async def run_phase(base: str, rec: dict, users: int, think: float, duration: fl
             return True   # PreventUpdate: nothing changed, nothing follows
         u.absorb(answer)
         got = await asyncio.gather(*(send(client, kind_of(b), "POST", UPDATE, u.body(b))
-                                     for b in rec["followers"].values()))
+                                     for b in followers_of(rec, answer)))
         whole = False
         for okk, ans in got:
             ok &= okk
@@ -436,7 +443,7 @@ def bench_size(args, n_features: int) -> None:
                                 r["value"] = f"?atlas=syn&layer={L}&color=lobe:phi:4"
                         a = (await c.post(UPDATE, json=b)).json()
                         u.absorb(a)
-                        for b in rec["followers"].values():
+                        for b in followers_of(rec, a):
                             await c.post(UPDATE, json=u.body(b))
             for _ in range(3):   # fresh connections are spread over the workers by the kernel
                 await asyncio.gather(*(one(i) for i in range(4)))
