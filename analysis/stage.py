@@ -40,7 +40,13 @@ class GeometryConfig(BaseModel):
     n_random: int = 100                                  # random-direction draws
     train_fraction: float = 0.8
     regression_max_iter: int = 1000
-    max_brain_features: int = 20000   # dense F x F affinities: ~3 GiB each at 20k
+    max_brain_features: int = 20000   # dense n x n affinities: 1.6 GB each (float32) at 20k
+    # From this many live features on, each affinity is built as float32 (values computed in
+    # float64, stored rounded) and embedded by Lanczos iteration in place (brain.embed
+    # solver="lanczos"), one affinity at a time. sklearn's path factorises a dense float64
+    # copy instead: at 16,384 features that took 173 s and 11 GB per affinity against about
+    # 1 GB here. Below it the stage computes exactly as before (float64, sklearn's ARPACK).
+    low_memory_from: int = 8192
     n_lobe_tokens: int = 10
     # layout
     neighbors_k: int = 16
@@ -65,6 +71,16 @@ class GeometryConfig(BaseModel):
     # neighbours gives ~50x more faces than covariance-matched random clouds: keep the
     # candidates and let the explorer's threshold slider do the filtering.
     crystal_options: dict[str, Any] = Field(default_factory=lambda: {"min_cos": 0.3, "n_neighbors": 20})
+    # The search tests every pair of edges: (F m)^2 d work and, at cos >= 0.3 in a
+    # low-dimensional cloud, millions of chance faces. At 16,384 features (d = 128) with 20
+    # neighbours one search would take ~9 min and each of the baseline draws as long, against
+    # 130 s with 10 neighbours (5.5 M faces, of which the 10 planted ones are the faces above
+    # cos 0.9). Above this width the neighbours per feature shrink as F grows,
+    # n_neighbors * crystal_full_width / F (at least crystal_min_neighbors), which keeps the
+    # number of edges that of a crystal_full_width cloud; the count used is in atom.json
+    # (crystal_search.n_neighbors). None = always the configured n_neighbors.
+    crystal_full_width: int | None = 4096
+    crystal_min_neighbors: int = 5
     # random draws: their spread gives each count a z-score (one draw costs about as much as
     # the search itself)
     crystal_baseline_repeats: int = 3
@@ -75,20 +91,38 @@ class GeometryConfig(BaseModel):
 
 # --------------------------------------------------------------------------- one layer
 
+def _notify(progress, step: str) -> None:
+    if progress is not None:
+        progress(step)
+
+
 def compute_brain(W, C, T, config: GeometryConfig, blocks=None, block_subset=None,
-                  subsets: list[str] | None = None, top_tokens: pd.DataFrame | None = None) -> dict:
+                  subsets: list[str] | None = None, top_tokens: pd.DataFrame | None = None,
+                  progress=None) -> dict:
     """Lobes of every affinity, brain.json, lobe_subsets and lobe_tokens tables."""
     live = ~brain.dead_features(C)
     idx = np.flatnonzero(live)
     files: dict[str, Any] = {}
     labels: dict[str, np.ndarray] = {}
     ks = brain.sweep_ks(idx.size, config.ks)
+    large = idx.size >= config.low_memory_from
+    dtype, solver = (np.float32, "lanczos") if large else (np.float64, "sklearn")
     for name in [*config.affinities, "geometry"]:
-        A = brain.geometry_affinity(W) if name == "geometry" else brain.cooccurrence_affinity(C, T, name)
-        _, lab = brain.lobes(A, live, ks, config.random_state, config.n_init, config.per_k)
+        _notify(progress, f"brain: {name} affinity and clustering ({idx.size} live features, k <= {max(ks, default=0)})")
+        if name != "geometry":
+            A = brain.cooccurrence_affinity(C, T, name, live, dtype)
+        elif large:
+            A = brain.geometry_affinity(np.asarray(W)[idx], dtype)
+        else:   # the same values; kept as before so small layers stay bit for bit
+            A = brain.geometry_affinity(W)[np.ix_(idx, idx)]
+        lab = np.full((len(ks), live.size), -1, dtype=np.int16)
+        if ks:
+            lab[:, idx] = brain.spectral_sweep(A, ks, config.random_state, config.n_init, config.per_k,
+                                               solver=solver)
         del A
         labels[name] = lab
         files[f"lobes_{name}.npy"] = lab
+    _notify(progress, "brain: AMI and regression tests")
     Wl = np.asarray(W, dtype=np.float64)[idx]
     results = {}
     for name in config.affinities:
@@ -110,6 +144,7 @@ def compute_brain(W, C, T, config: GeometryConfig, blocks=None, block_subset=Non
         "dead": np.flatnonzero(~live).tolist(), "n_blocks": int(T), "results": results,
     }
     if blocks is not None and block_subset is not None:
+        _notify(progress, "brain: lobe subsets")
         names = list(subsets) if subsets else [str(s) for s in range(int(np.max(block_subset)) + 1)]
         rows = []
         for name, lab in labels.items():
@@ -145,10 +180,20 @@ def compute_galaxy(W, config: GeometryConfig) -> dict:
                             "estimator": config.entropy_estimator}}
 
 
+def _crystal_options(config: GeometryConfig, n_features: int) -> dict[str, Any]:
+    """The crystal search's options for a layer of this width (see crystal_full_width)."""
+    options = dict(config.crystal_options)
+    full = config.crystal_full_width
+    m = options.get("n_neighbors", 10)  # crystal_search's own default
+    if full is not None and n_features > full:
+        options["n_neighbors"] = max(min(config.crystal_min_neighbors, m), round(m * full / n_features))
+    return options
+
+
 def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None, T: int | None = None,
                   blocks=None, block_subset=None, subsets: list[str] | None = None,
                   top_tokens: pd.DataFrame | None = None, word: dict | None = None,
-                  previous: tuple[np.ndarray, dict] | None = None) -> tuple[dict, list[str]]:
+                  previous: tuple[np.ndarray, dict] | None = None, progress=None) -> tuple[dict, list[str]]:
     """All derived files of one layer from arrays in memory.
 
     Parameters
@@ -158,6 +203,8 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
         also ``blocks`` [B, F] and ``block_subset`` [B]; lobe tokens ``top_tokens``; atom.json
         ``word`` = dict(h_in, h_out, tasks, input_tokens, output_tokens).
     previous : (decoder, files) of the preceding layer, to align its layouts to.
+    progress : optional ``progress(step)`` called with a short description as each step
+        starts (a 16k-feature layer takes minutes).
 
     Returns ``(files, computed)``: file name (as in docs/atlas.md) -> array / table / dict,
     and the list for ``LayerInfo.computed``.
@@ -167,6 +214,7 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
     files: dict[str, Any] = {}
     computed: list[str] = []
 
+    _notify(progress, "layout: PCA" + (" and UMAP" if config.umap else ""))
     layouts = {"coords_pca.npy": (layout.pca_coords(W), False)}
     if config.umap:
         layouts["coords_umap.npy"] = (layout.umap_coords(W, config.umap_n_neighbors, config.umap_min_dist,
@@ -179,11 +227,14 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
     computed.append("layout")
 
     # one neighbour table serves the card (neighbors_k) and the crystal search's edges
-    n_crystal = config.crystal_options.get("n_neighbors", 0) if config.crystals else 0
+    _notify(progress, "neighbours")
+    crystal_options = _crystal_options(config, W.shape[0])
+    n_crystal = crystal_options.get("n_neighbors", 0) if config.crystals else 0
     nb, nc = layout.neighbors(W, max(config.neighbors_k, n_crystal))
     files["neighbors.npy"], files["neighbors_cos.npy"] = nb[:, :config.neighbors_k], nc[:, :config.neighbors_k]
     computed.append("neighbors")
 
+    _notify(progress, "galaxy: spectrum and entropy")
     files.update(compute_galaxy(W, config))
     computed.append("galaxy")
 
@@ -192,20 +243,22 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
     elif W.shape[0] > config.max_brain_features:
         computed.append(f"skipped:brain ({W.shape[0]} features > max_brain_features)")
     else:
-        files.update(compute_brain(W, C, T, config, blocks, block_subset, subsets, top_tokens))
+        files.update(compute_brain(W, C, T, config, blocks, block_subset, subsets, top_tokens, progress))
         computed.append("brain")
 
     atom_json: dict[str, Any] = {}
     if not config.crystals:
         computed.append("skipped:crystals (disabled in config)")
     else:
-        crystals = atom.crystal_search(W, neighbors=nb, **config.crystal_options)
+        _notify(progress, "crystals: search")
+        crystals = atom.crystal_search(W, neighbors=nb, **crystal_options)
         files["crystals.parquet"] = crystals
-        atom_json["crystal_search"] = {**config.crystal_options, "n_faces": len(crystals),
+        atom_json["crystal_search"] = {**crystal_options, "n_faces": len(crystals),
                                        "n_edge_pairs": int(crystals.attrs.get("n_edge_pairs", 0))}
+        _notify(progress, f"crystals: {config.crystal_baseline_repeats} random baseline draws")
         atom_json["crystal_baseline"] = atom.crystal_baseline(
             W, n_repeats=config.crystal_baseline_repeats, match=config.crystal_baseline_match,
-            thresholds=config.crystal_thresholds, **config.crystal_options)
+            thresholds=config.crystal_thresholds, **crystal_options)
         atom_json["crystal_counts"] = atom.crystal_significance(
             atom.crystal_counts(crystals, config.crystal_thresholds), atom_json["crystal_baseline"])
         computed.append("crystals")
@@ -246,6 +299,16 @@ def _layer_inputs(atlas, L: int) -> dict:
     return out
 
 
+def _printer(layer: int):
+    import time
+
+    start = time.perf_counter()
+
+    def show(step: str) -> None:
+        print(f"geometry: layer {layer} +{time.perf_counter() - start:6.1f}s {step}", flush=True)
+    return show
+
+
 def run_geometry(atlas_path, config: GeometryConfig | None = None, progress: bool = False,
                  on_layer=None) -> None:
     """Compute every derived file for every layer with a ``decoder.npy`` and write them.
@@ -283,7 +346,8 @@ def run_geometry(atlas_path, config: GeometryConfig | None = None, progress: boo
             print(f"geometry: layer {L}", flush=True)
         if on_layer is not None:
             on_layer(L, i, len(layers))
-        files, computed = compute_layer(W, config, previous=previous, **_layer_inputs(atlas, L))
+        files, computed = compute_layer(W, config, previous=previous, progress=_printer(L) if progress else None,
+                                        **_layer_inputs(atlas, L))
         with AtlasWriter.update(atlas_path) as w:
             for name, value in files.items():
                 w.put(f"layers/{L}/{name}", value)

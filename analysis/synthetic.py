@@ -97,7 +97,9 @@ def make_layer(rng: np.random.Generator, n_features: int, d_model: int, n_lobes:
     p = np.where(lobes[None, :] == topic[:, None], p_in, p_out) * rate[None, :]
     present = rng.random((n_blocks, F)) < np.clip(p, 0, 1)
     B = sp.csr_matrix(present, dtype=np.int64)
-    C = (B.T @ B).tocsr()
+    # counts never exceed n_blocks: int32 halves the largest array of a wide layer (at 16k
+    # features nearly every pair co-occurs somewhere, 195 M entries)
+    C = (B.T @ B).tocsr().astype(np.int32)
     tokens_per_presence = 1 + rng.poisson(3.0, size=F)
     block_count = np.asarray(B.sum(0)).ravel()
     fire_count = (block_count * tokens_per_presence).astype(np.int64)
