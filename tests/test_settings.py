@@ -159,5 +159,6 @@ def test_published_profile_says_clearly_that_the_hub_is_unreachable(tmp_path):
                         str(tmp_path / "pub")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-1]
-    assert "google/gemma-2-2b" in last and "Hub could not be reached" in last
+    # the corpus is checked first, before the model would load
+    assert "monology/pile-uncopyrighted" in last and "Hub could not be reached" in last
     assert not (tmp_path / "pub").exists() and not (tmp_path / "pub.partial").exists()
