@@ -50,6 +50,8 @@ def server(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(server):
+    # shared with the other views' browser tests (they import it with `page`)
+    _need_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

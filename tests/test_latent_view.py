@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from _app_atlas import LATENT_TEST, latent_atlas_root, start_server
-from test_browser import ARGS, CHROMIUM, _need_browser
+from test_browser import _need_browser, browser, page  # noqa: F401 - the shared fixtures (CSP checked)
 
 pytestmark = pytest.mark.model
 
@@ -139,27 +139,6 @@ def test_latent_links_resolve_to_what_the_capture_holds(root):
 
 
 # --------------------------------------------------------------------------- in the browser
-
-
-@pytest.fixture(scope="module")
-def browser(server):
-    _need_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
-    pg = ctx.new_page()
-    pg.errors = []
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    yield pg
-    ctx.close()
 
 
 def open_latent(page, url: str, n: int):

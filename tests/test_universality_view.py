@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from _app_atlas import comparison_root, start_server
-from test_browser import ARGS, CHROMIUM, _need_browser
+from test_browser import _need_browser, browser, page  # noqa: F401 - the shared fixtures (CSP checked)
 
 CMP = "syn-vs-syn2"
 
@@ -160,27 +160,6 @@ def test_universality_links_resolve_to_what_is_served(root):
 # --------------------------------------------------------------------------- the page in Chromium
 
 HM = "document.querySelector('#uni-heatmap .js-plotly-plot')"
-
-
-@pytest.fixture(scope="module")
-def browser(server):
-    _need_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
-    pg = ctx.new_page()
-    pg.errors = []
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    yield pg
-    ctx.close()
 
 
 def query(page) -> dict:
