@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import sys
 import time
@@ -41,7 +40,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from precompute.errors import PrecomputeError
-from precompute.pipeline import keep_work_dir, out_lock
+from precompute.pipeline import atomic_write_bytes, keep_work_dir, out_lock
 
 __all__ = ["CompareConfig", "CompareError", "run_compare"]
 
@@ -104,15 +103,6 @@ class CompareConfig(BaseModel):
 def _log(cfg: CompareConfig, msg: str) -> None:
     if cfg.progress:
         print(f"[saegeo compare] {msg}", file=sys.stderr, flush=True)
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------- the two sides
@@ -295,7 +285,7 @@ def _save_part(path: Path, doc0: int, doc1: int, n_tokens_a: int, n_tokens_b: in
         arrays[f"{key}.data"], arrays[f"{key}.indices"], arrays[f"{key}.indptr"] = m.data, m.indices, m.indptr
         arrays[f"{key}.shape"] = np.array(m.shape)
     np.savez(buf, **arrays)
-    _atomic_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _load_part(path: Path) -> tuple[dict, dict[str, sp.csr_matrix], dict[str, np.ndarray]]:
@@ -406,7 +396,7 @@ def _capture(cfg: CompareConfig, a: Side, b: Side, shared_model: bool, same_tok:
     flush(doc + 1 if doc >= 0 else done_docs)
     bar.close()
     info = {"parts": k}
-    _atomic_bytes(cdir / "done.json", json.dumps(info).encode())
+    atomic_write_bytes(cdir / "done.json", json.dumps(info).encode())
     return info
 
 
@@ -645,8 +635,8 @@ def _run(cfg: CompareConfig) -> Path:
                                             info_b[Lb], specials, groups)
             buf = io.BytesIO()
             pairs.to_parquet(buf, index=False)
-            _atomic_bytes(pairs_f, buf.getvalue())
-            _atomic_bytes(res_f, json.dumps({"result": res, "subspaces": rows}).encode())
+            atomic_write_bytes(pairs_f, buf.getvalue())
+            atomic_write_bytes(res_f, json.dumps({"result": res, "subspaces": rows}).encode())
         rec = json.loads(res_f.read_text())
         results[(La, Lb)] = rec["result"]
         sub_rows += rec["subspaces"]

@@ -194,7 +194,7 @@ class PrecomputeConfig(BaseModel):
 # ---------------------------------------------------------------------- helpers
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -214,7 +214,7 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 def _progress(work: Path, model: str, stage: str, done: int | None = None, total: int | None = None) -> None:
     """``<out>.partial/progress.json``: what a running build is doing, for the explorer to show."""
-    _atomic_write_bytes(work / "progress.json", json.dumps(
+    atomic_write_bytes(work / "progress.json", json.dumps(
         {"model": model, "stage": stage, "done": done, "total": total, "updated": time.time()}).encode())
 
 
@@ -388,7 +388,7 @@ def _tokenize(cfg: PrecomputeConfig, lm: LoadedModel, work: Path) -> TokenizedCo
     buf = io.BytesIO()
     np.savez(buf, tokens=tc.tokens, offsets=tc.offsets, subset_ids=tc.subset_ids,
              subsets=np.array(json.dumps(tc.subsets)), name=np.array(corpus.name))
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return tc
 
 
@@ -430,7 +430,7 @@ def _capture_training(cfg, lm, tc, batches, n_train_batches, hooks, work: Path) 
             if (b + 1) % cfg.checkpoint_every == 0 or b + 1 == n_train_batches:
                 for m in mm.values():
                     m.flush()
-                _atomic_write_bytes(prog_path, json.dumps({"batches": b + 1}).encode())
+                atomic_write_bytes(prog_path, json.dumps({"batches": b + 1}).encode())
         bar.close()
     return mm
 
