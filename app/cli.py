@@ -234,6 +234,7 @@ def train_saes(
     eval_tokens: Annotated[int, typer.Option(min=1, help="Held-back tokens on which quality is measured.")] = 65_536,
     width: Annotated[int, typer.Option(min=1, help="Features per SAE.")] = 4096,
     k: Annotated[int, typer.Option(min=1, help="Active features per token (TopK).")] = 32,
+    seed: Annotated[int, typer.Option(min=0, help="SAE initialisation and sample-order seed (the training text does not depend on it).")] = 0,
     corpus: Annotated[str, typer.Option(help="Corpus (as for precompute).")] = "default",
     dtype: Annotated[str, typer.Option(help="Forward precision: auto, float32, bfloat16, float16.")] = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the shipped precompute/embedded_saes/<model>).")] = None,
@@ -250,7 +251,7 @@ def train_saes(
 
         torch.set_num_threads(threads)
     try:
-        cfg = TrainSAEsConfig(model=model, n_tokens=n_tokens, eval_tokens=eval_tokens, width=width, k=k, corpus=corpus, dtype=dtype,
+        cfg = TrainSAEsConfig(model=model, n_tokens=n_tokens, eval_tokens=eval_tokens, width=width, k=k, seed=seed, corpus=corpus, dtype=dtype,
                               out=out, resume=resume,
                               layers=[int(x) for x in layers.split(",") if x.strip()] if layers else [])
         path = run_train_saes(cfg)
@@ -349,7 +350,16 @@ def report(atlas: Annotated[Path, typer.Argument(help="Atlas directory, or a com
             typer.echo(f"wrote {f}", err=True)
 
 
-DEMO_MODELS = (("demo", "smollm2"), ("demo-gemma", "gemma3-270m"))
+# The demo's atlases: (folder, model, shipped SAE set under precompute/embedded_saes/). The two
+# SmolLM2 variants - the same recipe with another seed, and half the width - exist for the
+# universality comparisons (METHODS 5); they skip the latent stage, which reads the model only
+# and would repeat `demo`'s.
+DEMO_ATLASES = (("demo", "smollm2", "smollm2"), ("demo-gemma", "gemma3-270m", "gemma3-270m"),
+                ("demo-seed1", "smollm2", "smollm2-seed1"), ("demo-w2048", "smollm2", "smollm2-w2048"))
+# (folder, atlas A, atlas B): each runs as soon as both of its atlases are built
+DEMO_COMPARISONS = (("smollm2-vs-gemma3", "demo", "demo-gemma"),
+                    ("smollm2-seed0-vs-seed1", "demo", "demo-seed1"),
+                    ("smollm2-4096-vs-2048", "demo", "demo-w2048"))
 
 
 @app.command()
@@ -400,20 +410,28 @@ def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")
     except (AttributeError, OSError):
         pass
     try:
-        for name, model in DEMO_MODELS:
+        ready = set()
+        for name, model, sae_set in DEMO_ATLASES:
             target = atlas_dir / name
-            if not shipped_saes(model):
-                typer.echo(f"no SAEs ship with {model} yet, so its demo atlas is not built: train them with "
+            saes = shipped_saes(sae_set)
+            if not saes:
+                typer.echo(f"no SAEs ship as {sae_set} yet, so the demo atlas {name} is not built: train them with "
                            f"`saegeo train-saes --model {model}` (resumable), then run the demo again", err=True)
                 continue
-            if not check(target, verify="size") and geometry_done(target) and _latent_current(target):
-                continue
-            typer.echo(f"building the demo atlas of {model} in {target} (first run only; the explorer shows "
-                       f"its progress and opens it when ready)")
-            try:
-                run_precompute(PrecomputeConfig(profile="demo", model=model, out=target, resume=True))
-            except PrecomputeError as e:
-                typer.secho(f"error: {e} (delete {target} to rebuild it from scratch)", fg=typer.colors.RED, err=True)
+            if check(target, verify="size") or not geometry_done(target) or not _latent_current(target):
+                typer.echo(f"building the demo atlas {name} of {model} with the {sae_set} SAEs in {target} (first "
+                           f"run only; the explorer shows its progress and opens it when ready)")
+                variant = {} if sae_set == model else dict(saes=[str(p) for p in saes], latent=False)
+                try:
+                    run_precompute(PrecomputeConfig(profile="demo", model=model, out=target, resume=True, **variant))
+                except PrecomputeError as e:
+                    typer.secho(f"error: {e} (delete {target} to rebuild it from scratch)", fg=typer.colors.RED,
+                                err=True)
+                    continue
+            ready.add(name)
+            for cmp_name, a, b in DEMO_COMPARISONS:
+                if {a, b} <= ready and name in (a, b):
+                    _demo_comparison(atlas_dir, cmp_name, a, b)
         typer.echo("demo atlases ready; the explorer keeps running (Ctrl-C to stop)")
         if server.wait() != 0:
             _fail(f"the explorer stopped with exit status {server.returncode}")
@@ -429,12 +447,37 @@ def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")
 
 def _latent_current(target: Path) -> bool:
     """False for a demo atlas built before the latent stage existed, so the next `saegeo demo`
-    adds it; an atlas the demo profile did not build (a user's, a synthetic one) is left as is."""
+    adds it; an atlas the demo profile did not build (a user's, a synthetic one) or built
+    without the latent stage on purpose (the SAE variants) is left as is."""
     from analysis.atlas import open_atlas
     from precompute.latent import LatentConfig, latent_done
 
     cfg = open_atlas(target, verify="size").manifest.configs.get("precompute") or {}
-    return cfg.get("profile") != "demo" or latent_done(target, LatentConfig())
+    return cfg.get("profile") != "demo" or cfg.get("latent") is False or latent_done(target, LatentConfig())
+
+
+def _demo_comparison(atlas_dir: Path, name: str, a: str, b: str) -> None:
+    """Compare demo atlases ``a`` and ``b`` into ``atlas_dir/name`` at the comparison's defaults,
+    unless a sound comparison is already there; an interrupted one resumes."""
+    from analysis.universality import is_comparison, validate_comparison
+    from precompute.compare import CompareConfig, run_compare
+    from precompute.errors import PrecomputeError
+
+    out = atlas_dir / name
+    if is_comparison(out) and not validate_comparison(out, verify="size"):
+        return
+    if out.exists() and not is_comparison(out):
+        typer.secho(f"error: {out} exists and is not a comparison, so the demo's comparison of {a} and {b} is "
+                    f"not written there (move it away and run the demo again)", fg=typer.colors.RED, err=True)
+        return
+    typer.echo(f"comparing the SAE features of {a} and {b} into {out} (first run only; the Universality "
+               f"view lists it when ready)")
+    try:
+        run_compare(CompareConfig(atlas_a=atlas_dir / a, atlas_b=atlas_dir / b, out=out, resume=True,
+                                  overwrite=out.exists()))
+    except PrecomputeError as e:
+        typer.secho(f"error: {e} (delete {out} and {out}.partial to compare from scratch)", fg=typer.colors.RED,
+                    err=True)
 
 
 def _port_free(host: str, port: int) -> bool:

@@ -72,7 +72,9 @@ class TrainSAEsConfig(BaseModel):
     autocast: bool | None = None    # bf16 autocast in the SAE trainer (None: when dtype is bf16)
     forward_batch: int = 8          # documents per forward pass
     n_checkpoints: int = 8          # trainer checkpoints per SAE
-    seed: int = 0
+    seed: int = 0                   # SAE initialisation and sample order (layer L uses seed + L)
+    split_seed: int = 0             # which documents are held back; fixed, so that SAEs trained
+                                    # with two seeds see the same training text
     out: Path | None = None         # None: precompute/embedded_saes/<model>
     resume: bool = False
     progress: bool = True
@@ -135,7 +137,7 @@ def _split(cfg: TrainSAEsConfig, lm, work: Path):
     need = int(max(cfg.n_tokens * cfg.holdout_every / (cfg.holdout_every - 1), cfg.eval_tokens * cfg.holdout_every) * 1.1)
     tc = tokenize_corpus(open_corpus(cfg.corpus), lm.tokenize, seq_len=cfg.seq_len, max_tokens=need,
                          progress=cfg.progress)
-    held = held_back(tc.n_docs, cfg.holdout_every, cfg.seed)
+    held = held_back(tc.n_docs, cfg.holdout_every, cfg.split_seed)
     lens = tc.lengths()
     out = {}
     for name, mask, budget in (("train", ~held, cfg.n_tokens), ("eval", held, cfg.eval_tokens)):
