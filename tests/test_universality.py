@@ -405,3 +405,72 @@ def test_an_interrupted_comparison_resumes_from_its_checkpoints(real_atlases, tm
     for name in ("svcca", "rsa", "svcca_p", "n_pairs"):
         np.testing.assert_array_equal(a.array(name), b.array(name))
     assert not (tmp_path / "resumed.partial").exists()
+
+
+@pytest.mark.model
+def test_sigkill_in_capture_and_pairing_then_resume_gives_an_identical_comparison(real_atlases, tmp_path):
+    """Five SIGKILLs at random moments of the capture and of the layer-pair stage, each followed
+    by ``--resume``: the comparison equals one made without interruption, file for file."""
+    import json
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    smol = real_atlases["smollm2"]
+    cfg = dict(atlas_a=str(smol), atlas_b=str(smol), layers_a=[8, 15], layers_b=[8, 15], max_tokens=3000,
+               seq_len=128, batch_size=2, checkpoint_every=1, n_shuffles=200, n_shuffles_small=200, progress=False)
+    code = ("import json, sys; from precompute.compare import CompareConfig, run_compare; "
+            "run_compare(CompareConfig(**json.loads(sys.argv[1])))")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}     # the same BLAS threads in every run: the same sums
+    ref = tmp_path / "ref"
+    subprocess.run([sys.executable, "-c", code, json.dumps({**cfg, "out": str(ref)})], cwd=repo, env=env,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    out = tmp_path / "killed"
+    work = tmp_path / "killed.partial"
+    args = json.dumps({**cfg, "out": str(out), "resume": True})
+
+    def parts() -> int:
+        return len(list((work / "capture").glob("part_*.npz")))
+
+    def pairs() -> int:
+        return len(list((work / "pairs").glob("*.json")))
+
+    rng = random.Random(0)
+    killed = []
+    for target in ("capture", "capture", "capture", "pairs", "pairs"):
+        before = (parts(), pairs())
+        proc = subprocess.Popen([sys.executable, "-c", code, args], cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        try:
+            # wait for this run's own progress in the target stage, then kill somewhere after it
+            reached = (lambda: parts() > before[0]) if target == "capture" else (lambda: (work / "pairs").is_dir())
+            while proc.poll() is None and not reached() and time.time() < deadline:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0, 0.5 if target == "capture" else 1.5))
+            if proc.poll() is None:
+                stage = "pairs" if (work / "pairs").is_dir() else "capture"
+                os.kill(proc.pid, signal.SIGKILL)
+                killed.append((stage, parts(), pairs()))
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert [k[0] for k in killed].count("capture") >= 2 and [k[0] for k in killed].count("pairs") >= 1, killed
+    assert not out.exists()
+    subprocess.run([sys.executable, "-c", code, args], cwd=repo, env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=600)
+    A, B = U.open_comparison(ref), U.open_comparison(out)
+    assert sorted(A.manifest.files) == sorted(B.manifest.files)
+    for rel, info in A.manifest.files.items():
+        if rel == "summary.json":        # holds the run's seconds; everything else in it must agree
+            assert {k: v for k, v in A.summary().items() if k != "seconds"} == \
+                {k: v for k, v in B.summary().items() if k != "seconds"}
+        else:
+            assert info.sha256 == B.manifest.files[rel].sha256, rel
+    assert not work.exists()
