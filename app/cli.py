@@ -352,11 +352,17 @@ def report(atlas: Annotated[Path, typer.Argument(help="Atlas directory, or a com
 
 # The demo's atlases: (folder, model, shipped SAE set under precompute/embedded_saes/). The two
 # SmolLM2 variants - the same recipe with another seed, and half the width - exist for the
-# universality comparisons (METHODS 5); they skip the latent stage, which reads the model only
-# and would repeat `demo`'s.
+# universality comparisons (METHODS 5), whose pairs open cards in their clouds. They are built
+# lighter (DEMO_VARIANT): half the statistics tokens, no crystal search (its random baseline
+# is most of the geometry stage's time) and no latent stage (it reads the model only and
+# would repeat `demo`'s); each manifest records what was left out.
 DEMO_ATLASES = (("demo", "smollm2", "smollm2"), ("demo-gemma", "gemma3-270m", "gemma3-270m"),
                 ("demo-seed1", "smollm2", "smollm2-seed1"), ("demo-w2048", "smollm2", "smollm2-w2048"))
-# (folder, atlas A, atlas B): each runs as soon as both of its atlases are built
+DEMO_VARIANT = dict(latent=False, max_tokens=256_000)
+DEMO_VARIANT_GEOMETRY = dict(crystals=False)
+DEMO_COMPARE = dict(max_tokens=32_000)
+# (folder, atlas A, atlas B): each runs as soon as both of its atlases are built, over half the
+# comparison's default tokens (two models' capture runs at ~80 tokens/s on two CPU cores)
 DEMO_COMPARISONS = (("smollm2-vs-gemma3", "demo", "demo-gemma"),
                     ("smollm2-seed0-vs-seed1", "demo", "demo-seed1"),
                     ("smollm2-4096-vs-2048", "demo", "demo-w2048"))
@@ -381,7 +387,7 @@ def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")
 
     atlas_dir.mkdir(parents=True, exist_ok=True)
     try:
-        from precompute.pipeline import PrecomputeConfig, PrecomputeError, geometry_done, run_precompute
+        from precompute.pipeline import PROFILES, PrecomputeConfig, PrecomputeError, geometry_done, run_precompute
         from precompute.train_saes import shipped_saes
     except ImportError as e:
         typer.echo(f"precompute unavailable ({e}); serving a synthetic atlas instead", err=True)
@@ -421,7 +427,9 @@ def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")
             if check(target, verify="size") or not geometry_done(target) or not _latent_current(target):
                 typer.echo(f"building the demo atlas {name} of {model} with the {sae_set} SAEs in {target} (first "
                            f"run only; the explorer shows its progress and opens it when ready)")
-                variant = {} if sae_set == model else dict(saes=[str(p) for p in saes], latent=False)
+                variant = {} if sae_set == model else dict(
+                    saes=[str(p) for p in saes], **DEMO_VARIANT,
+                    geometry_config={**PROFILES["demo"]["geometry_config"], **DEMO_VARIANT_GEOMETRY})
                 try:
                     run_precompute(PrecomputeConfig(profile="demo", model=model, out=target, resume=True, **variant))
                 except PrecomputeError as e:
@@ -457,8 +465,8 @@ def _latent_current(target: Path) -> bool:
 
 
 def _demo_comparison(atlas_dir: Path, name: str, a: str, b: str) -> None:
-    """Compare demo atlases ``a`` and ``b`` into ``atlas_dir/name`` at the comparison's defaults,
-    unless a sound comparison is already there; an interrupted one resumes."""
+    """Compare demo atlases ``a`` and ``b`` into ``atlas_dir/name`` (DEMO_COMPARE, the rest at the
+    comparison's defaults), unless a sound comparison is already there; an interrupted one resumes."""
     from analysis.universality import is_comparison, validate_comparison
     from precompute.compare import CompareConfig, run_compare
     from precompute.errors import PrecomputeError
@@ -474,7 +482,7 @@ def _demo_comparison(atlas_dir: Path, name: str, a: str, b: str) -> None:
                f"view lists it when ready)")
     try:
         run_compare(CompareConfig(atlas_a=atlas_dir / a, atlas_b=atlas_dir / b, out=out, resume=True,
-                                  overwrite=out.exists()))
+                                  overwrite=out.exists(), **DEMO_COMPARE))
     except PrecomputeError as e:
         typer.secho(f"error: {e} (delete {out} and {out}.partial to compare from scratch)", fg=typer.colors.RED,
                     err=True)
