@@ -465,17 +465,24 @@ def _reduced_basis(X: np.ndarray, variance: float, published: bool) -> np.ndarra
     """Orthonormal basis [n, k] of the centred rows' top singular directions."""
     X = np.asarray(X, np.float64)
     X = X - X.mean(0)
-    U, s, _ = np.linalg.svd(X, full_matrices=False)
-    if published:
-        k = 1
+    n, d = X.shape
+    if n > d:
+        # thousands of pairs of a few hundred dimensions: the left singular vectors from the
+        # d x d Gram matrix's eigenvectors (U = X V / s), about 3x faster than the SVD of X.
+        # Squaring loses precision only in directions below ~1e-6 of the largest singular
+        # value, which 99 % of the variance never needs; they are cut off as rank deficiency.
+        energy, V = np.linalg.eigh(X.T @ X)
+        energy, V = energy[::-1].clip(0), V[:, ::-1]
+        s, tol = np.sqrt(energy), 1e-6
     else:
-        energy = s ** 2
-        total = energy.sum()
-        if total <= 0:
-            return U[:, :0]
-        k = int(np.searchsorted(np.cumsum(energy) / total, variance - 1e-12) + 1)
-        k = min(k, int((s > s[0] * 1e-10).sum()))
-    return U[:, :k]
+        U, s, _ = np.linalg.svd(X, full_matrices=False)
+        energy, tol = s ** 2, 1e-10
+    total = energy.sum()
+    if total <= 0:
+        return np.zeros((n, 0))
+    k = 1 if published else int(np.searchsorted(np.cumsum(energy) / total, variance - 1e-12) + 1)
+    k = min(k, int((s > s[0] * tol).sum()))
+    return X @ (V[:, :k] / s[:k]) if n > d else U[:, :k]
 
 
 def _cca_mean(Ux: np.ndarray, Uy: np.ndarray) -> float:
