@@ -328,13 +328,17 @@ def _capture(cfg: CompareConfig, a: Side, b: Side, shared_model: bool, same_tok:
     part_start = done_docs
     batches_in_part = 0
     k = len(parts)
+    same_saes = shared_model and all(b.sae_specs[L] == a.sae_specs.get(L) for L in b.layers)
 
     def run_batch():
         nonlocal batches_in_part
         ids_a = [p[2] for p in pending]
         ids_b = [p[3] for p in pending]
         acts_a = _acts(a, ids_a)
-        acts_b = acts_a if shared_model else _acts(b, ids_b)
+        # one forward pass serves both sides only when B's SAEs are A's own too (an atlas
+        # against itself); the same model with other SAEs (another seed, another width) is
+        # encoded with B's SAEs
+        acts_b = acts_a if same_saes else _acts(b, ids_b)
         for r, (doc, text, _, _, al) in enumerate(pending):
             for L in a.layers:
                 part_rows.setdefault(f"a{L}", []).append(unit_max(acts_a[L][r], al.ptr_a, al.tokens_a))

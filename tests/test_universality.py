@@ -474,3 +474,24 @@ def test_sigkill_in_capture_and_pairing_then_resume_gives_an_identical_compariso
         else:
             assert info.sha256 == B.manifest.files[rel].sha256, rel
     assert not work.exists()
+
+
+@pytest.mark.model
+def test_the_same_model_with_other_saes_is_encoded_with_those_saes(real_atlases, tmp_path):
+    """SmolLM2 with its seed-0 SAEs against SmolLM2 with its seed-1 SAEs: B's activations come
+    from B's own SAEs (once, they were A's encoded twice, so every feature paired with itself at r = 1)."""
+    from precompute.compare import CompareConfig, run_compare
+    from precompute.pipeline import PrecomputeConfig, run_precompute
+    from precompute.train_saes import shipped_saes
+
+    seed1 = run_precompute(PrecomputeConfig(
+        model="smollm2", saes=[str(p) for p in shipped_saes("smollm2-seed1")[:1]], max_tokens=1024, seq_len=128,
+        out=tmp_path / "seed1", geometry=False, word_pairs=False, progress=False))
+    out = run_compare(CompareConfig(atlas_a=real_atlases["smollm2"], atlas_b=seed1, layers_a=[8], max_tokens=1500,
+                                    seq_len=128, n_shuffles=10, n_shuffles_small=10, progress=False,
+                                    out=tmp_path / "c"))
+    r = U.open_comparison(out).pairs(8, 8)["corr"]
+    r = r[r > 0.1]                              # features that fired in these few tokens
+    assert len(r) > 100
+    assert (r > 0.99).mean() < 0.5              # two seeds: related features, not the same ones
+    assert (r > 0.5).mean() > 0.2               # but many close partners
