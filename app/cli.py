@@ -360,9 +360,9 @@ DEMO_ATLASES = (("demo", "smollm2", "smollm2"), ("demo-gemma", "gemma3-270m", "g
                 ("demo-seed1", "smollm2", "smollm2-seed1"), ("demo-w2048", "smollm2", "smollm2-w2048"))
 DEMO_VARIANT = dict(latent=False, max_tokens=256_000)
 DEMO_VARIANT_GEOMETRY = dict(crystals=False)
-DEMO_COMPARE = dict(max_tokens=32_000)
 # (folder, atlas A, atlas B): each runs as soon as both of its atlases are built, over half the
-# comparison's default tokens (two models' capture runs at ~80 tokens/s on two CPU cores)
+# comparison's default tokens (two models' capture runs at a few hundred tokens/s on two CPU cores)
+DEMO_COMPARE = dict(max_tokens=32_000)
 DEMO_COMPARISONS = (("smollm2-vs-gemma3", "demo", "demo-gemma"),
                     ("smollm2-seed0-vs-seed1", "demo", "demo-seed1"),
                     ("smollm2-4096-vs-2048", "demo", "demo-w2048"))
@@ -372,7 +372,8 @@ DEMO_COMPARISONS = (("smollm2-vs-gemma3", "demo", "demo-gemma"),
 def demo(atlas_dir: Annotated[Path, typer.Option(help="Where atlases are kept.")] = DEFAULT_HOME,
          host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
          port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8050):
-    """Serve the explorer at once and build the demo atlases of the two embedded models behind it.
+    """Serve the explorer at once and build the demo atlases of the two embedded models, and their
+    universality comparisons, behind it.
 
     The explorer runs in a process of its own from the start and shows what is being built.
     SmolLM2's atlas appears as soon as its statistics are written, its lobes and layouts
@@ -472,9 +473,10 @@ def _demo_comparison(atlas_dir: Path, name: str, a: str, b: str) -> None:
     from precompute.errors import PrecomputeError
 
     out = atlas_dir / name
-    if is_comparison(out) and not validate_comparison(out, verify="size"):
+    found = is_comparison(out)
+    if found and not validate_comparison(out, verify="size"):
         return
-    if out.exists() and not is_comparison(out):
+    if out.exists() and not found:
         typer.secho(f"error: {out} exists and is not a comparison, so the demo's comparison of {a} and {b} is "
                     f"not written there (move it away and run the demo again)", fg=typer.colors.RED, err=True)
         return

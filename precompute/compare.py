@@ -244,28 +244,30 @@ def same_tokenizer(tok_a, tok_b) -> bool:
     return type(tok_a) is type(tok_b) and len(tok_a) == len(tok_b) and tok_a.get_vocab() == tok_b.get_vocab()
 
 
-def _acts(side: Side, docs_ids: list[list[int]], hooks_out: dict | None = None) -> dict[int, list[sp.csr_matrix]]:
-    """Per layer, the SAE activations of every document's tokens (BOS dropped), sparse [T, F]."""
-    lm = side.lm
+def _acts(lm, docs_ids: list[list[int]], sides: list[Side]) -> list[dict[int, list[sp.csr_matrix]]]:
+    """Per side, per layer, the SAE activations of every document's tokens (BOS dropped), sparse
+    [T, F]: one forward pass of ``lm`` for every side given (sides that share the model)."""
     lens = [len(x) for x in docs_ids]
     T = max(lens)
     ids = torch.full((len(docs_ids), T + 1), lm.bos_token_id, dtype=torch.long)
     for r, x in enumerate(docs_ids):
         ids[r, 1:len(x) + 1] = torch.tensor(x, dtype=torch.long)
-    hooks = {L: side.saes[L].hook for L in side.layers}
-    acts = lm.capture(ids, list(dict.fromkeys(hooks.values())))
-    out: dict[int, list[sp.csr_matrix]] = {}
+    acts = lm.capture(ids, list(dict.fromkeys(side.saes[L].hook for side in sides for L in side.layers)))
+    out = []
     with torch.no_grad():
-        for L in side.layers:
-            s = side.saes[L]
-            h = acts[hooks[L]]
-            rows = []
-            for r, n in enumerate(lens):
-                f = s.sae.encode(h[r, 1:n + 1].to(s.sae.W_dec.dtype)).float()
-                nz = torch.nonzero(f > 0, as_tuple=False).cpu().numpy()
-                vals = f[f > 0].cpu().numpy()
-                rows.append(sp.csr_matrix((vals, (nz[:, 0], nz[:, 1])), shape=(n, s.width), dtype=np.float32))
-            out[L] = rows
+        for side in sides:
+            per_layer: dict[int, list[sp.csr_matrix]] = {}
+            for L in side.layers:
+                s = side.saes[L]
+                h = acts[s.hook]
+                rows = []
+                for r, n in enumerate(lens):
+                    f = s.sae.encode(h[r, 1:n + 1].to(s.sae.W_dec.dtype)).float()
+                    nz = torch.nonzero(f > 0, as_tuple=False).cpu().numpy()
+                    vals = f[f > 0].cpu().numpy()
+                    rows.append(sp.csr_matrix((vals, (nz[:, 0], nz[:, 1])), shape=(n, s.width), dtype=np.float32))
+                per_layer[L] = rows
+            out.append(per_layer)
     return out
 
 
@@ -334,11 +336,14 @@ def _capture(cfg: CompareConfig, a: Side, b: Side, shared_model: bool, same_tok:
         nonlocal batches_in_part
         ids_a = [p[2] for p in pending]
         ids_b = [p[3] for p in pending]
-        acts_a = _acts(a, ids_a)
-        # one forward pass serves both sides only when B's SAEs are A's own too (an atlas
-        # against itself); the same model with other SAEs (another seed, another width) is
-        # encoded with B's SAEs
-        acts_b = acts_a if same_saes else _acts(b, ids_b)
+        # one forward pass serves both sides when they share the model (the same tokens), each
+        # side encoded with its own SAEs - once only when B's SAEs are A's too (an atlas
+        # against itself)
+        if shared_model:
+            got = _acts(a.lm, ids_a, [a] if same_saes else [a, b])
+            acts_a, acts_b = got[0], got[-1]
+        else:
+            (acts_a,), (acts_b,) = _acts(a.lm, ids_a, [a]), _acts(b.lm, ids_b, [b])
         for r, (doc, text, _, _, al) in enumerate(pending):
             for L in a.layers:
                 part_rows.setdefault(f"a{L}", []).append(unit_max(acts_a[L][r], al.ptr_a, al.tokens_a))
