@@ -298,6 +298,83 @@ class LayerStats:
         self.n_stored = int(state["n_stored"])
         self.key_cut = np.uint64(state["key_cut"] % 2 ** 64)
 
+    # ------------------------------------------------------------------ merge
+    @torch.no_grad()
+    def merge(self, other: "LayerStats") -> "LayerStats":
+        """Add the statistics of ``other``, fed with the documents that come right after this
+        one's (shards of one stream, merged in stream order); returns self.
+
+        The result is that of one object fed both streams: counts, histograms and co-occurrence
+        are integer sums; top contexts keep this side first on ties, as feeding order does;
+        the block sample keeps the smallest keys with the other side's block numbers shifted
+        past this side's. Only a (feature, token) counter pruned on either side (over
+        ``max_token_pairs``) can differ from the unsplit stream, where pruning happens at
+        other moments; ``top_tokens_exact`` is then False either way.
+        """
+        if other._config() != self._config():
+            diff = sorted(k for k in self._config() if other._config()[k] != self._config()[k])
+            raise ValueError(f"cannot merge statistics made with different settings: {diff}")
+        other._to(self.device)
+        self._flush_cooc()
+        other._flush_cooc()
+        self.fire_count += other.fire_count
+        self.subset_fire += other.subset_fire
+        self.hist += other.hist
+        self._merge_contexts(other)
+        self._merge_cooc(other)
+        keys, counts = other._pending_tokens(merged=True)
+        if len(keys):
+            self.tok_pending.append((keys, counts))
+            self._merge_pending_tokens()   # the rule a batch's tokens follow
+        self.tok_pruned |= other.tok_pruned
+        self._merge_sample(other)
+        self.n_tokens += other.n_tokens
+        self.n_blocks += other.n_blocks
+        return self
+
+    def _merge_contexts(self, other):
+        k = self.k_ctx
+        # this side first in the candidates: the stable sort keeps it ahead on ties, exactly
+        # as the running top-k keeps earlier-fed documents ahead of later batches
+        cand = torch.cat([self.ctx_val, other.ctx_val], dim=1)
+        order = torch.sort(cand, dim=1, descending=True, stable=True).indices[:, :k]
+        self.ctx_val = cand.gather(1, order)
+        self.ctx_doc = torch.cat([self.ctx_doc, other.ctx_doc], 1).gather(1, order)
+        self.ctx_sub = torch.cat([self.ctx_sub, other.ctx_sub], 1).gather(1, order)
+        win = torch.cat([self.ctx_win, other.ctx_win], 1)
+        self.ctx_win = win.gather(1, order[..., None].expand(-1, -1, self._W))
+
+    def _merge_cooc(self, other):
+        if not self.dense:
+            self.cooc_csr = (self.cooc_csr + other.cooc_csr).tocsr()
+            return
+        if other.cooc_f32 is None:
+            return
+        if self.cooc_f32 is None:
+            self.cooc_f32 = torch.zeros(self.F, self.F, device=self.device)
+        # entries of each float32 side are bounded by its blocks since its last fold: their sum
+        # stays exact while the two counts together stay below 2**24
+        if self.since_fold + other.since_fold >= _F32_EXACT:
+            self._fold()
+        self.cooc_f32 += other.cooc_f32
+        self.since_fold += other.since_fold
+        if other.cooc_i64 is not None:
+            if self.cooc_i64 is None:
+                self.cooc_i64 = torch.zeros(self.F, self.F, dtype=torch.int64, device=self.device)
+            self.cooc_i64 += other.cooc_i64
+
+    def _merge_sample(self, other):
+        if not other.n_stored:
+            return
+        self.stored_rows.append(_cat(other.stored_rows, np.int64) + self.n_stored)
+        self.stored_cols.append(_cat(other.stored_cols, np.int64))
+        self.stored_sub.append(_cat(other.stored_sub, np.int64))
+        self.stored_keys.append(_cat(other.stored_keys, np.uint64))
+        self.stored_gidx.append(_cat(other.stored_gidx, np.int64) + self.n_blocks)
+        self.n_stored += other.n_stored
+        if self.n_stored >= self.max_stored_blocks:
+            self._prune_sample()
+
     def save(self, path):
         """Write the state to ``path`` (torch.save of ``state_dict()``)."""
         torch.save(self.state_dict(), path)
@@ -478,6 +555,9 @@ class LayerStats:
 
     def _update_tokens(self, keys):
         self.tok_pending.append(_count_unique(keys))
+        self._merge_pending_tokens()
+
+    def _merge_pending_tokens(self):
         # Merge when the pending pairs outgrow the merged ones: amortised O(log) re-sorting.
         if sum(len(p[0]) for p in self.tok_pending) > max(len(self.tok_keys), self._tok_merge_min):
             self.tok_keys, self.tok_counts = self._pending_tokens(merged=True)

@@ -403,3 +403,69 @@ def test_stored_blocks_sample_the_whole_pass_evenly():
     everything = run(docs, batch_size=5, max_stored_blocks=10 ** 6, **kw)
     assert everything.blocks.shape[0] == 960
     np.testing.assert_array_equal(everything.block_subset, np.repeat([0, 1, 2], 320))
+
+
+# ------------------------------------------------------------------ merging shard partials
+def _fed(docs, batch_size, make):
+    st = make()
+    for b in batches(docs, batch_size):
+        st.update(**b)
+    return st
+
+
+@pytest.mark.parametrize("dense_max", [16_384, 0])
+@pytest.mark.parametrize("cuts", [[7], [3, 9, 15], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
+def test_merging_the_partials_of_a_split_stream_equals_the_unsplit_stream(dense_max, cuts):
+    docs = random_docs(5, n_docs=22)
+    # ties between documents (same peak in several shards), a sample smaller than the blocks
+    # of one shard, and a float32 fold mid-merge
+    for d in docs[::3]:
+        d["acts"][0, 4] = 7.0
+    kw = dict(threshold=0.5, block_size=4, max_stored_blocks=5, top_k_contexts=3,
+              dense_max_features=dense_max, cooc_chunk_blocks=4)
+
+    def make():
+        return LayerStats(20, ["x", "y", "z"], VOCAB, **kw)
+
+    ref = _fed(docs, 3, make).finalize()
+    edges = [0, *cuts, len(docs)]
+    parts = [_fed(docs[a:b], 2, make) for a, b in zip(edges, edges[1:])]
+    merged = make()
+    for p in parts:
+        merged.merge(p)
+    results_equal(ref, merged.finalize())
+    # and through state_dict (how partials travel): the first partial absorbs the others
+    first = make()
+    first.load_state_dict(parts[0].state_dict())
+    for p in parts[1:]:
+        again = make()
+        again.load_state_dict(p.state_dict())
+        first.merge(again)
+    results_equal(ref, first.finalize())
+
+
+def test_merge_folds_float32_sums_before_they_could_round():
+    import precompute.cooccur as cc
+    docs = random_docs(6, n_docs=12)
+    ref = run(docs, threshold=0.5, block_size=4).cooc
+    old = cc._F32_EXACT
+    cc._F32_EXACT = 9
+    try:
+        make = lambda: LayerStats(20, ["x", "y", "z"], VOCAB, threshold=0.5, block_size=4)  # noqa: E731
+        merged = make()
+        for a in range(0, 12, 4):
+            merged.merge(_fed(docs[a:a + 4], 2, make))
+        assert merged.cooc_i64 is not None
+        np.testing.assert_array_equal(dense(merged.finalize().cooc), dense(ref))
+    finally:
+        cc._F32_EXACT = old
+
+
+def test_merge_keeps_token_counts_and_refuses_other_settings():
+    docs = random_docs(7, n_docs=10)
+    make = lambda **k: LayerStats(20, ["x", "y", "z"], VOCAB, threshold=0.5, block_size=4, **k)  # noqa: E731
+    ref = _fed(docs, 2, make).finalize()
+    merged = _fed(docs[:5], 2, make).merge(_fed(docs[5:], 5, make))
+    pd.testing.assert_frame_equal(ref.top_tokens, merged.finalize().top_tokens)
+    with pytest.raises(ValueError, match="block_size"):
+        make().merge(LayerStats(20, ["x", "y", "z"], VOCAB, threshold=0.5, block_size=8))
