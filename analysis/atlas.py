@@ -31,6 +31,8 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 from pydantic import BaseModel, Field, ValidationError
 
+from analysis.artefacts import Atom, Brain, Galaxy
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
@@ -238,6 +240,10 @@ class AtlasWriter:
         self._written[rel] = FileInfo(kind="parquet", sha256="", bytes=0, shape=[table.num_rows, table.num_columns])
 
     def put_json(self, rel: str, obj: Any) -> None:
+        if isinstance(obj, BaseModel):
+            # through json.dumps, not model_dump_json: NaN and infinite z-scores stay NaN and
+            # Infinity, not null; fields never set stay absent, as in the files before the models
+            obj = obj.model_dump(exclude_unset=True)
         self._target(rel).write_text(json.dumps(obj, indent=1, default=_json_default))
         self._written[rel] = FileInfo(kind="json", sha256="", bytes=0)
 
@@ -333,6 +339,26 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
         return shape, dtype, f.tell()
 
 
+# The geometry stage's JSON results by file name: validated on opening and on reading.
+ARTEFACTS: dict[str, type[BaseModel]] = {"brain.json": Brain, "galaxy.json": Galaxy, "atom.json": Atom}
+
+
+def read_artefact(f: Path, model: type[BaseModel]) -> Any:
+    """The JSON file ``f`` validated as ``model``; an AtlasError naming the file and the first
+    bad field when it is not."""
+    try:
+        raw = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AtlasError(f"{f}: not valid JSON ({e}); re-run the geometry stage that wrote it") from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "(the whole file)"
+        raise AtlasError(f"{f}: invalid field {where!r}: {err['msg']} (not what the geometry stage writes; "
+                         f"re-run it)") from None
+
+
 def _problems(path: Path, verify: str) -> tuple[list[str], Manifest | None]:
     """Every problem with the atlas at ``path``, one line each."""
     mpath = path / MANIFEST
@@ -383,6 +409,12 @@ def _problems(path: Path, verify: str) -> tuple[list[str], Manifest | None]:
                 continue
         if verify == "checksum" and _sha256(f) != info.sha256:
             problems.append(f"{f}: checksum mismatch (the file changed after the atlas was written)")
+            continue
+        if info.kind == "json" and f.name in ARTEFACTS and rel.startswith("layers/"):
+            try:
+                read_artefact(f, ARTEFACTS[f.name])
+            except AtlasError as e:
+                problems.append(str(e))
     problems += _latent_problems(path, manifest)
     known = {i.layer for i in manifest.layers}
     for rel in manifest.files:
@@ -442,7 +474,7 @@ class Atlas:
     def __init__(self, path: Path, manifest: Manifest):
         self.path = path
         self.manifest = manifest
-        self._cache: dict[str, Any] = {}
+        self._cache: dict[Any, Any] = {}
 
     @property
     def name(self) -> str:
@@ -479,6 +511,26 @@ class Atlas:
         if rel not in self._cache:
             self._cache[rel] = json.loads(self._file(rel).read_text())
         return self._cache[rel]
+
+    def _artefact(self, rel: str, model: type[BaseModel]) -> Any:
+        if rel not in self.manifest.files:
+            return None
+        key = ("artefact", rel)
+        if key not in self._cache:
+            self._cache[key] = read_artefact(self.path / rel, model)
+        return self._cache[key]
+
+    def brain(self, layer: int) -> Brain | None:
+        """The layer's ``brain.json``; None when its lobes were not computed."""
+        return self._artefact(f"layers/{layer}/brain.json", Brain)
+
+    def galaxy(self, layer: int) -> Galaxy | None:
+        """The layer's ``galaxy.json``; None when the geometry stage has not run on it."""
+        return self._artefact(f"layers/{layer}/galaxy.json", Galaxy)
+
+    def atom(self, layer: int) -> Atom | None:
+        """The layer's ``atom.json``; None when neither crystals nor word pairs were analysed."""
+        return self._artefact(f"layers/{layer}/atom.json", Atom)
 
     def __repr__(self) -> str:
         return f"Atlas({str(self.path)!r}, layers={self.layer_ids})"

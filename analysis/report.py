@@ -34,27 +34,27 @@ def build_report(atlas) -> dict:
     for L in atlas.layer_ids:
         b = f"layers/{L}/"
         entry: dict[str, Any] = {"computed": list(atlas.manifest.layer(L).computed)}
-        if atlas.has(b + "galaxy.json"):
-            g = atlas.json(b + "galaxy.json")
-            pl, ent = g["power_law"], g["entropy"]
-            entry["galaxy"] = {"alpha": pl["alpha"], "ci95": pl["ci95"], "intercept": pl["intercept"],
-                               "ranks": pl["ranks"], "isotropic_slope": g["isotropic"].get("slope"),
-                               "entropy": ent["entropy"], "entropy_std": ent["entropy_std"],
-                               "negentropy": ent["negentropy"], "negentropy_std": ent["negentropy_std"],
-                               "negentropy_ci95": ent.get("negentropy_ci95"),
-                               "null_negentropy": ent.get("null_negentropy"),
-                               "estimator": g.get("estimator", ent.get("estimator"))}
-        if atlas.has(b + "brain.json"):
-            bj = atlas.json(b + "brain.json")
+        g = atlas.galaxy(L)
+        if g is not None:
+            pl, ent = g.power_law, g.entropy
+            entry["galaxy"] = {"alpha": pl.alpha, "ci95": pl.ci95, "intercept": pl.intercept,
+                               "ranks": pl.ranks, "isotropic_slope": g.isotropic.slope,
+                               "entropy": ent.entropy, "entropy_std": ent.entropy_std,
+                               "negentropy": ent.negentropy, "negentropy_std": ent.negentropy_std,
+                               "negentropy_ci95": ent.negentropy_ci95,
+                               "null_negentropy": ent.null_negentropy,
+                               "estimator": g.estimator or ent.estimator}
+        bj = atlas.brain(L)
+        if bj is not None:
             rows = {}
-            for name, res in bj["results"].items():
-                rows[name] = [{"k": r["k"], "ami": r["ami"]["ami"], "ami_z": r["ami"]["z"],
-                               "perm_mean": r["ami"]["perm_mean"], "perm_std": r["ami"]["perm_std"],
-                               **({"accuracy": r["regression"]["accuracy"],
-                                   "random_accuracy": r["regression"]["random_mean"],
-                                   "regression_z": r["regression"]["z"]} if r["regression"] else {})}
+            for name, res in bj.results.items():
+                rows[name] = [{"k": r.k, "ami": r.ami.ami, "ami_z": r.ami.z,
+                               "perm_mean": r.ami.perm_mean, "perm_std": r.ami.perm_std,
+                               **({"accuracy": r.regression.accuracy,
+                                   "random_accuracy": r.regression.random_mean,
+                                   "regression_z": r.regression.z} if r.regression else {})}
                               for r in res]
-            entry["brain"] = {"ks": bj["ks"], "n_live": bj["n_live"], "n_dead": len(bj["dead"]), "results": rows}
+            entry["brain"] = {"ks": bj.ks, "n_live": bj.n_live, "n_dead": len(bj.dead), "results": rows}
         if atlas.has(b + "lobe_subsets.parquet"):
             t = atlas.table(b + "lobe_subsets.parquet")
             tables = {}
@@ -63,19 +63,20 @@ def build_report(atlas) -> dict:
                 tables.setdefault(name, {})[str(int(k))] = {
                     str(s): {str(int(lobe)): int(v) for lobe, v in row.items()} for s, row in piv.iterrows()}
             entry["lobe_subsets"] = tables
-        aj = atlas.json(b + "atom.json") if atlas.has(b + "atom.json") else {}
-        if "lda" in aj:
-            lda = aj["lda"]
-            entry["atom"] = {"dims": lda["dims"], "silhouette": lda["silhouette"],
-                             "raw_silhouette": lda["raw_silhouette"], "best_dim": lda["best_dim"],
-                             "distractor_r": aj["distractor"]["pearson_r"]}
-        if "crystal_search" in aj:
-            cs, cb = aj["crystal_search"], aj["crystal_baseline"]
+        aj = atlas.atom(L)
+        if aj is not None and aj.lda is not None:
+            lda = aj.lda
+            entry["atom"] = {"dims": lda.dims, "silhouette": lda.silhouette,
+                             "raw_silhouette": lda.raw_silhouette, "best_dim": lda.best_dim,
+                             "distractor_r": aj.distractor.pearson_r if aj.distractor else None}
+        if aj is not None and aj.crystal_search is not None:
+            cs, cb, counts = aj.crystal_search, aj.crystal_baseline, aj.crystal_counts
             kinds = atlas.table(b + "crystals.parquet")["kind"].value_counts()
-            entry["crystals"] = {"n_faces": cs["n_faces"], "parallelograms": int(kinds.get("parallelogram", 0)),
-                                 "trapezoids": int(kinds.get("trapezoid", 0)), "min_cos": cs.get("min_cos"),
-                                 "baseline_faces": cb["faces_mean"], "baseline_match": cb["match"],
-                                 "by_threshold": aj.get("crystal_counts")}
+            entry["crystals"] = {"n_faces": cs.n_faces, "parallelograms": int(kinds.get("parallelogram", 0)),
+                                 "trapezoids": int(kinds.get("trapezoid", 0)), "min_cos": cs.min_cos,
+                                 "baseline_faces": cb.faces_mean if cb else None,
+                                 "baseline_match": cb.match if cb else None,
+                                 "by_threshold": counts.model_dump(exclude_unset=True) if counts else None}
         out["layers"][str(L)] = entry
     if atlas.manifest.latent is not None:
         out["latent"] = latent_report(atlas)

@@ -18,6 +18,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from analysis import atom, brain, galaxy, layout
+from analysis.artefacts import Atom, Brain, Galaxy
 
 PARTS = ("layout", "neighbors", "galaxy", "brain", "crystals", "atom")
 
@@ -99,7 +100,7 @@ def _notify(progress, step: str) -> None:
 def compute_brain(W, C, T, config: GeometryConfig, blocks=None, block_subset=None,
                   subsets: list[str] | None = None, top_tokens: pd.DataFrame | None = None,
                   progress=None) -> dict:
-    """Lobes of every affinity, brain.json, lobe_subsets and lobe_tokens tables."""
+    """Lobes of every affinity, brain.json (a ``Brain``), lobe_subsets and lobe_tokens tables."""
     live = ~brain.dead_features(C)
     idx = np.flatnonzero(live)
     files: dict[str, Any] = {}
@@ -137,12 +138,10 @@ def compute_brain(W, C, T, config: GeometryConfig, blocks=None, block_subset=Non
                                             config.regression_max_iter)
             rows.append({"k": k, "ami": ami, "regression": reg})
         results[name] = rows
-    files["brain.json"] = {
-        "ks": ks, "affinities": list(config.affinities),
-        "lobe_affinities": [*config.affinities, "geometry"],
-        "n_features": int(live.size), "n_live": int(idx.size),
-        "dead": np.flatnonzero(~live).tolist(), "n_blocks": int(T), "results": results,
-    }
+    files["brain.json"] = Brain(
+        ks=ks, affinities=list(config.affinities), lobe_affinities=[*config.affinities, "geometry"],
+        n_features=int(live.size), n_live=int(idx.size), dead=np.flatnonzero(~live).tolist(), n_blocks=int(T),
+        results=results)
     if blocks is not None and block_subset is not None:
         _notify(progress, "brain: lobe subsets")
         names = list(subsets) if subsets else [str(s) for s in range(int(np.max(block_subset)) + 1)]
@@ -168,7 +167,7 @@ def compute_brain(W, C, T, config: GeometryConfig, blocks=None, block_subset=Non
 
 
 def compute_galaxy(W, config: GeometryConfig) -> dict:
-    """spectrum.npy and galaxy.json."""
+    """spectrum.npy and galaxy.json (a ``Galaxy``)."""
     spec = galaxy.spectrum(W)
     fit = galaxy.power_law_fit(spec, config.fit_ranks)
     iso = galaxy.isotropic_baseline(W.shape[0], W.shape[1], config.isotropic_seed, config.fit_ranks)
@@ -176,8 +175,7 @@ def compute_galaxy(W, config: GeometryConfig) -> dict:
                                     config.entropy_k, config.entropy_bootstrap, config.entropy_seed,
                                     config.entropy_estimator, config.entropy_gaussian_null)
     return {"spectrum.npy": spec,
-            "galaxy.json": {"power_law": fit, "isotropic": iso, "entropy": ent,
-                            "estimator": config.entropy_estimator}}
+            "galaxy.json": Galaxy(power_law=fit, isotropic=iso, entropy=ent, estimator=config.entropy_estimator)}
 
 
 def _crystal_options(config: GeometryConfig, n_features: int) -> dict[str, Any]:
@@ -206,8 +204,8 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
     progress : optional ``progress(step)`` called with a short description as each step
         starts (a 16k-feature layer takes minutes).
 
-    Returns ``(files, computed)``: file name (as in docs/atlas.md) -> array / table / dict,
-    and the list for ``LayerInfo.computed``.
+    Returns ``(files, computed)``: file name (as in docs/atlas.md) -> array / table / model
+    of analysis.artefacts (the JSON files), and the list for ``LayerInfo.computed``.
     """
     config = config or GeometryConfig()
     W = np.asarray(W, dtype=np.float32)
@@ -270,7 +268,7 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
                                           word["output_tokens"], shrinkage=config.lda_shrinkage))
         computed.append("atom")
     if atom_json:
-        files["atom.json"] = atom_json
+        files["atom.json"] = Atom.model_validate(atom_json)
     return files, computed
 
 

@@ -414,8 +414,8 @@ class AtlasStore:
     def _ks(self, name: str, layer: int, affinity: str) -> list[int]:
         def compute(a: Atlas):
             labels = a.array(f"layers/{layer}/lobes_{affinity}.npy")
-            brel = f"layers/{layer}/brain.json"
-            ks = a.json(brel).get("ks") if a.has(brel) else None
+            brain = a.brain(layer)
+            ks = brain.ks if brain is not None else None
             if not ks or len(ks) != labels.shape[0]:  # no brain.json: count clusters per row
                 ks = [int(len(np.unique(row[row >= 0]))) for row in labels]
             return [int(k) for k in ks]

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import functools
 import html as _html
+from typing import Callable
 
 import numpy as np
 import plotly.graph_objects as go
 
+from analysis.artefacts import Atom, Galaxy
 from app.data import AtlasStore
 from app.state import ViewState
 from app.views import cloud as cloud_view
@@ -50,9 +52,9 @@ def kept(*fields: str):
     return wrap
 
 
-def _galaxies(store: AtlasStore, atlas: str) -> dict[int, dict]:
+def _galaxies(store: AtlasStore, atlas: str) -> dict[int, Galaxy]:
     a = store.open(atlas)
-    return {L: a.json(f"layers/{L}/galaxy.json") for L in a.layer_ids if a.has(f"layers/{L}/galaxy.json")}
+    return {L: g for L in a.layer_ids if (g := a.galaxy(L)) is not None}
 
 
 def _num(x) -> bool:
@@ -65,7 +67,7 @@ def spectra(store: AtlasStore, st: ViewState) -> go.Figure | None:
 
     The isotropic baseline is drawn for the current layer only: an isotropic cloud of the same
     shape and total variance, whose finite-sample spectrum has the fitted slope of
-    ``galaxy.json["isotropic"]`` (flat for infinitely many features).
+    ``galaxy.json`` (``Galaxy.isotropic``; flat for infinitely many features).
     """
     a = store.open(st.atlas)
     galaxies = _galaxies(store, st.atlas)
@@ -78,24 +80,24 @@ def spectra(store: AtlasStore, st: ViewState) -> go.Figure | None:
         lam = np.asarray(a.array(rel), dtype=np.float64)
         lam = lam[lam > 0]
         r = np.arange(1, len(lam) + 1)
-        fit = galaxies.get(L, {}).get("power_law") or {}
-        alpha = fit.get("alpha")
+        fit = galaxies[L].power_law if L in galaxies else None
+        alpha = fit.alpha if fit is not None else None
         colour = PALETTE[i % len(PALETTE)]
         name = f"layer {L}" + (f"  α={alpha:.2f}" if _num(alpha) else "")
         fig.add_trace(go.Scatter(x=typed(r.astype(np.float32)), y=typed(lam), mode="lines", name=name, meta=L,
                                  line={"width": 3 if L == st.layer else 1.2, "color": colour},
                                  hovertemplate=f"layer {L}<br>rank %{{x}}: %{{y:.3g}}<extra></extra>"))
-        if _num(alpha) and _num(fit.get("intercept")):
-            lo, hi = (fit.get("ranks") or [11, 150])[:2]
+        if _num(alpha) and _num(fit.intercept):
+            lo, hi = (fit.ranks or [11, 150])[:2]
             rr = np.array([lo, min(hi, len(lam))], dtype=np.float64)
-            fig.add_trace(go.Scatter(x=rr, y=10 ** (fit["intercept"] - alpha * np.log10(rr)), mode="lines",
+            fig.add_trace(go.Scatter(x=rr, y=10 ** (fit.intercept - alpha * np.log10(rr)), mode="lines",
                                      line={"dash": "dot", "color": "#333", "width": 1}, showlegend=False,
                                      meta=L, hoverinfo="skip"))
         if L == st.layer and len(lam):
             current = (L, lam)
     if current is not None:  # drawn last: it sits at the end of the legend
         L, lam = current
-        iso = (galaxies.get(L, {}).get("isotropic") or {}).get("alpha")
+        iso = galaxies[L].isotropic.alpha if L in galaxies else None
         iso = iso if _num(iso) else 0.0
         rr = np.array([1.0, float(len(lam))])
         mid = np.sqrt(len(lam))
@@ -110,11 +112,10 @@ def spectra(store: AtlasStore, st: ViewState) -> go.Figure | None:
     return fig
 
 
-def _per_layer(store: AtlasStore, st: ViewState, part: str, key: str, err: str, title: str, ytitle: str,
-               baseline: tuple[str, str] | None = None) -> go.Figure | None:
-    rows = [(L, (g.get(part) or {}).get(key), (g.get(part) or {}).get(err),
-             (g.get(baseline[0]) or {}).get(baseline[1]) if baseline else None)
-            for L, g in _galaxies(store, st.atlas).items()]
+def _per_layer(store: AtlasStore, st: ViewState, values: Callable[[Galaxy], tuple], title: str, ytitle: str,
+               baseline: bool = False) -> go.Figure | None:
+    """One galaxy number per layer; ``values(galaxy)`` = (value, error bar, baseline or None)."""
+    rows = [(L, *values(g)) for L, g in _galaxies(store, st.atlas).items()]
     rows = [r for r in rows if _num(r[1])]
     if not rows:
         return None
@@ -142,15 +143,15 @@ def _per_layer(store: AtlasStore, st: ViewState, part: str, key: str, err: str, 
 @kept("layer")
 def alpha(store: AtlasStore, st: ViewState) -> go.Figure | None:
     """Power-law exponent per layer with its 95 % interval (dashed: isotropic cloud's slope)."""
-    return _per_layer(store, st, "power_law", "alpha", "ci95", "power-law exponent α (95% interval)", "α",
-                      baseline=("isotropic", "alpha"))
+    return _per_layer(store, st, lambda g: (g.power_law.alpha, g.power_law.ci95, g.isotropic.alpha),
+                      "power-law exponent α (95% interval)", "α", baseline=True)
 
 
 @kept("layer")
 def negentropy(store: AtlasStore, st: ViewState) -> go.Figure | None:
     """Clustering negentropy per layer with its bootstrap std."""
-    return _per_layer(store, st, "entropy", "negentropy", "negentropy_std", "clustering negentropy (± bootstrap std)",
-                      "negentropy (nats)")
+    return _per_layer(store, st, lambda g: (g.entropy.negentropy, g.entropy.negentropy_std, None),
+                      "clustering negentropy (± bootstrap std)", "negentropy (nats)")
 
 
 @kept("layer", "coloring")
@@ -185,25 +186,23 @@ def lobe_subsets(store: AtlasStore, st: ViewState) -> go.Figure | None:
     return fig
 
 
-def _atom(store: AtlasStore, st: ViewState) -> dict | None:
-    a = store.layer(st.atlas, st.layer)
-    rel = f"layers/{st.layer}/atom.json"
-    return a.json(rel) if a.has(rel) else None
+def _atom(store: AtlasStore, st: ViewState) -> Atom:
+    return store.layer(st.atlas, st.layer).atom(st.layer) or Atom()
 
 
 @kept("layer")
 def silhouette(store: AtlasStore, st: ViewState) -> go.Figure | None:
     """Task silhouette against the number of LDA dimensions, with the raw differences' level."""
-    lda = (_atom(store, st) or {}).get("lda") or {}
-    dims, sil = lda.get("dims"), lda.get("silhouette")
-    if not dims or not sil or len(dims) != len(sil):
+    lda = _atom(store, st).lda
+    if lda is None or not lda.dims or len(lda.dims) != len(lda.silhouette):
         return None
+    dims, sil = lda.dims, lda.silhouette
     fig = go.Figure(go.Scatter(x=dims, y=sil, mode="lines+markers", name="LDA", line={"color": "#1f5fbf"},
                                hovertemplate="%{x} dimensions: %{y:.3f}<extra></extra>"))
     for key, label, dash in (("raw_silhouette", "raw differences", "dash"),
                              ("raw_removed_silhouette", "raw, PC1 removed", "dot")):
-        if _num(lda.get(key)):
-            fig.add_trace(go.Scatter(x=[dims[0], dims[-1]], y=[lda[key]] * 2, mode="lines", name=label,
+        if _num(getattr(lda, key)):
+            fig.add_trace(go.Scatter(x=[dims[0], dims[-1]], y=[getattr(lda, key)] * 2, mode="lines", name=label,
                                      line={"dash": dash, "color": "#888"},
                                      hovertemplate=f"{label}: %{{y:.3f}}<extra></extra>"))
     fig.update_layout(title={**_SMALL["title"], "text": f"task silhouette vs LDA dimension (layer {st.layer})"},
@@ -217,11 +216,10 @@ def silhouette(store: AtlasStore, st: ViewState) -> go.Figure | None:
 @kept("layer")
 def distractor(store: AtlasStore, st: ViewState) -> go.Figure | None:
     """PC1 score of each word-pair difference against its last-token length difference."""
-    d = (_atom(store, st) or {}).get("distractor") or {}
-    x, y = d.get("length_diff"), d.get("scores")
-    if not x or not y or len(x) != len(y):
+    d = _atom(store, st).distractor
+    if d is None or not d.length_diff or len(d.length_diff) != len(d.scores):
         return None
-    x, y = np.asarray(x, float), np.asarray(y, float)
+    x, y = np.asarray(d.length_diff, float), np.asarray(d.scores, float)
     a = store.open(st.atlas)
     pairs = a.table("wordpairs/pairs.parquet") if a.has("wordpairs/pairs.parquet") else None
     fig = go.Figure()
@@ -235,7 +233,7 @@ def distractor(store: AtlasStore, st: ViewState) -> go.Figure | None:
     else:
         fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name="pairs", marker={"size": 6, "color": "#1f5fbf"},
                                  hovertemplate="Δlen %{x}, PC1 %{y:.2f}<extra></extra>"))
-    r = d.get("pearson_r")
+    r = d.pearson_r
     title = "distractor: PC1 vs last-token length difference"
     if _num(r):
         title += f" (r = {r:.2f})"

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from analysis.artefacts import BrainRow, CrystalBaseline, Distractor, Galaxy, Lda
 from app.data import Affinity, Layout
 
 
@@ -146,13 +147,13 @@ class Lobes(BaseModel):
     affinity: Affinity
     k: int
     lobes: list[LobeRow]
-    stats: dict | None = Field(None, description="brain.json entry for (affinity, k): AMI, accuracy, z-scores")
+    stats: BrainRow | None = Field(None, description="brain.json entry for (affinity, k): AMI, accuracy, z-scores")
 
 
 class Spectrum(BaseModel):
     layer: int
     eigenvalues: list[float]
-    fit: dict | None
+    fit: Galaxy | None = Field(description="the layer's galaxy.json: power-law fit, isotropic baseline, entropy")
 
 
 class Spectra(BaseModel):
@@ -166,11 +167,11 @@ class AtomSummary(BaseModel):
     n_faces: int | None = Field(None, description="faces in crystals.parquet (None: crystals not computed)")
     n_parallelogram: int | None = None
     n_trapezoid: int | None = None
-    baseline: dict | None = Field(None, description="atom.json crystal_baseline: faces passing the same "
+    baseline: CrystalBaseline | None = Field(None, description="atom.json crystal_baseline: faces passing the same "
                                                     "thresholds on random directions of matched norms")
     best: list[Crystal] = Field(default_factory=list, description="best faces: highest edge cosine first")
-    lda: dict | None = Field(None, description="atom.json lda: silhouette per LDA dimension, raw silhouette")
-    distractor: dict | None = Field(None, description="atom.json distractor: PC1 scores, length differences, r")
+    lda: Lda | None = Field(None, description="atom.json lda: silhouette per LDA dimension, raw silhouette")
+    distractor: Distractor | None = Field(None, description="atom.json distractor: PC1 scores, length differences, r")
     n_pairs: int | None = None
 
 

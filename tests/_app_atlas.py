@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import atom, brain, galaxy
+from analysis.artefacts import Brain
 from analysis.atlas import AtlasWriter, open_atlas
 from analysis.synthetic import make_synthetic_atlas
 
@@ -52,7 +53,9 @@ def add_derived(path: Path, k_neighbours: int = 16) -> None:
             rows[:, dead] = -1
             w.put_array(p + "lobes_phi.npy", rows)
             w.put_array(p + "lobes_geometry.npy", rows.copy())
-            w.put_json(p + "brain.json", {"ks": [2, 4], "affinities": ["phi", "geometry"], "dead": dead})
+            w.put_json(p + "brain.json", Brain(ks=[2, 4], affinities=["phi"], lobe_affinities=["phi", "geometry"],
+                                               n_features=len(W), n_live=len(W) - len(dead), dead=dead,
+                                               n_blocks=atlas.manifest.layer(L).n_blocks, results={}))
             faces = atlas.table(p + "planted_crystals.parquet")
             a, b, c, d = (W[faces[x].to_numpy()] for x in "abcd")
             e1, e2 = a - b, c - d

@@ -33,7 +33,7 @@ def small(tmp_path) -> Path:
         w.put_array("layers/3/fire_count.npy", np.arange(5, dtype=np.int64))
         w.put_sparse("layers/3/cooc.npz", sp.csr_matrix(np.diag([1, 2, 0, 4, 5])))
         w.put_table("layers/3/contexts.parquet", pd.DataFrame({"feature": [0, 1], "tokens": [["a", "b"], ["c"]]}))
-        w.put_json("layers/3/galaxy.json", {"alpha": np.float64(0.3)})
+        w.put_json("layers/3/extra.json", {"alpha": np.float64(0.3)})  # any JSON (galaxy.json is typed)
     return path
 
 
@@ -45,7 +45,7 @@ def test_round_trip(small):
     assert np.allclose(W, np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32))
     assert atlas.sparse("layers/3/cooc.npz").diagonal().tolist() == [1, 2, 0, 4, 5]
     assert atlas.table("layers/3/contexts.parquet")["tokens"].map(list).tolist() == [["a", "b"], ["c"]]
-    assert atlas.json("layers/3/galaxy.json") == {"alpha": 0.3}
+    assert atlas.json("layers/3/extra.json") == {"alpha": 0.3}
     info = atlas.manifest.files["layers/3/decoder.npy"]
     assert info.shape == [5, 4] and info.dtype == "<f4" and len(info.sha256) == 64
     assert "numpy" in atlas.manifest.software

@@ -1,5 +1,6 @@
 """Every kind of damaged atlas is refused with the file named - by `saegeo validate`, by
-`saegeo report` and by the server (a 503 for that atlas, the others still served)."""
+`saegeo report` and by the server (a 503 for that atlas, the others still served). A typed
+result of the geometry stage (brain.json here) with a field of the wrong type counts as damage."""
 from __future__ import annotations
 
 import json
@@ -31,6 +32,16 @@ def _flip(f: Path) -> None:
     f.write_bytes(bytes(data))
 
 
+def _brain_of_wrong_type(path: Path) -> None:
+    # written through the store, so sizes and checksums agree: only its content is wrong
+    from analysis.atlas import AtlasWriter
+
+    with AtlasWriter.update(path) as w:
+        w.put_json("layers/0/brain.json", {"ks": [2], "affinities": ["phi"], "lobe_affinities": ["phi", "geometry"],
+                                           "n_features": 300, "n_live": "most of them", "dead": [], "n_blocks": 200,
+                                           "results": {}})
+
+
 # name: (damage, what every surface must say)
 DAMAGE = {
     "truncated": (lambda p: (p / DECODER).write_bytes((p / DECODER).read_bytes()[:-64]), "decoder.npy: size"),
@@ -43,6 +54,7 @@ DAMAGE = {
     "future-schema": (lambda p: _edit_manifest(p, lambda m: m.update(schema_version=99)),
                       "unknown schema version 99"),
     "manifest-not-json": (lambda p: (p / "manifest.json").write_text("{half a manifest"), "not valid JSON"),
+    "brain-wrong-type": (_brain_of_wrong_type, "brain.json: invalid field 'n_live'"),
 }
 
 

@@ -157,3 +157,36 @@ def test_crystal_counts_per_threshold_against_random_draws(atlas):
         assert c["faces"] == [int((faces["edge_cos"] >= t).sum()) for t in c["thresholds"]]
         assert c["faces"][-1] > c["baseline_mean"][-1] and all(s is not None for s in c["baseline_std"])
     assert "Crystals by edge cosine, layer 0" in report.format_report(report.build_report(atlas))
+
+
+def test_json_results_round_trip_through_their_models(atlas, tmp_path):
+    """brain.json, galaxy.json and atom.json as the stage writes them (crystals and word pairs
+    included) are read by their models and written back byte for byte; the atlas's loader
+    hands out the same models."""
+    import json
+
+    from _app_atlas import planted_word_pairs
+    from analysis.artefacts import Atom, Brain, Galaxy
+
+    path = tmp_path / "words"
+    make_synthetic_atlas(path, n_features=200, d_model=32, layers=(0,), n_blocks=300, seed=2, geometry=False)
+    pairs, h_in, h_out = planted_word_pairs(32)
+    with AtlasWriter.update(path) as w:
+        w.put_array("layers/0/word_h_in.npy", h_in)
+        w.put_array("layers/0/word_h_out.npy", h_out)
+        w.put_table("wordpairs/pairs.parquet", pairs)
+    stage.run_geometry(path, stage.GeometryConfig(**{**FAST, "ks": [2, 4], "umap": False}))
+    words = open_atlas(path)
+    for a, L in ((atlas, 0), (atlas, 1), (words, 0)):
+        for name, model, read in (("brain.json", Brain, a.brain), ("galaxy.json", Galaxy, a.galaxy),
+                                  ("atom.json", Atom, a.atom)):
+            text = (a.path / f"layers/{L}/{name}").read_text()
+            typed = model.model_validate(json.loads(text))
+            assert json.dumps(typed.model_dump(exclude_unset=True), indent=1) == text, (a.path, L, name)
+            assert type(read(L)) is model and read(L).model_dump_json() == typed.model_dump_json()
+    got = words.atom(0)
+    assert got.lda.dims == [2, 3] and got.distractor.pearson_r > 0.9 and got.n_pairs == len(pairs)
+    assert got.crystal_search.n_faces == len(words.table("layers/0/crystals.parquet"))
+    assert len(got.crystal_counts.z) == len(got.crystal_counts.thresholds) == len(got.crystal_baseline.counts.faces[0])
+    assert atlas.brain(0).row("phi", 4).ami.ami >= 0.75 and atlas.brain(0).row("phi", 5) is None
+    assert words.galaxy(0).estimator == "textbook"

@@ -47,6 +47,5 @@ def spectra(store: AtlasStore, atlas: str) -> Spectra:
     for L in a.layer_ids:
         rel = f"layers/{L}/spectrum.npy"
         if a.has(rel):
-            fit = a.json(f"layers/{L}/galaxy.json") if a.has(f"layers/{L}/galaxy.json") else None
-            out.append(Spectrum(layer=L, eigenvalues=np.asarray(a.array(rel), float).tolist(), fit=fit))
+            out.append(Spectrum(layer=L, eigenvalues=np.asarray(a.array(rel), float).tolist(), fit=a.galaxy(L)))
     return Spectra(atlas=atlas, layers=out)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from analysis.artefacts import Atom, BrainRow
 from app.data import AtlasStore, UnknownItem
 from app.models import AtomSummary, Crystal, LobeLabels, LobeRow, Lobes, Points
 
@@ -52,19 +53,10 @@ def lobes(store: AtlasStore, atlas: str, layer: int, affinity: str, k: int) -> L
                         for i, s in zip(ids, sizes)])
 
 
-def lobe_stats(store: AtlasStore, atlas: str, layer: int, affinity: str, k: int) -> dict | None:
+def lobe_stats(store: AtlasStore, atlas: str, layer: int, affinity: str, k: int) -> BrainRow | None:
     """The brain.json record for (affinity, k): AMI against geometry, regression accuracy, z-scores."""
-    a = store.layer(atlas, layer)
-    rel = f"layers/{layer}/brain.json"
-    if not a.has(rel):
-        return None
-    # results[affinity] is a list of per-k rows
-    rows = (a.json(rel).get("results") or {}).get(affinity)
-    if isinstance(rows, list):
-        for row in rows:
-            if isinstance(row, dict) and row.get("k") == k:
-                return row
-    return None
+    brain = store.layer(atlas, layer).brain(layer)
+    return brain.row(affinity, k) if brain is not None else None
 
 
 def crystal(index, row) -> Crystal:
@@ -97,11 +89,10 @@ def best_faces(tab, n: int = 15):
 
 def atom_summary(store: AtlasStore, atlas: str, layer: int, n_best: int = 15) -> AtomSummary:
     """Face counts against their random baseline, the best faces, LDA silhouettes, the distractor."""
-    a = store.layer(atlas, layer)
+    atom = store.layer(atlas, layer).atom(layer) or Atom()
     tab = store.crystals(atlas, layer)
-    atom = a.json(f"layers/{layer}/atom.json") if a.has(f"layers/{layer}/atom.json") else {}
-    out = AtomSummary(atlas=atlas, layer=layer, baseline=atom.get("crystal_baseline"), lda=atom.get("lda"),
-                      distractor=atom.get("distractor"), n_pairs=atom.get("n_pairs"))
+    out = AtomSummary(atlas=atlas, layer=layer, baseline=atom.crystal_baseline, lda=atom.lda,
+                      distractor=atom.distractor, n_pairs=atom.n_pairs)
     if tab is not None:
         out.n_faces = len(tab)
         if "kind" in tab:

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 import plotly.graph_objects as go
 from dash import dcc, html
 
+from analysis.artefacts import BrainRow
 from app import figures
 from app.data import AtlasStore
 from app.models import Lobes
@@ -96,11 +97,11 @@ def crystals_panel(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
         left.append(html.P("No crystals in this layer (the geometry stage's crystal search).", className="hint"))
     else:
         text = f"{s.n_faces} faces ({s.n_parallelogram} parallelograms, {s.n_trapezoid} trapezoids)"
-        b = s.baseline or {}
-        if isinstance(b.get("faces_mean"), (int, float)):
-            per = ", ".join(str(x) for x in b.get("n_faces", []))
-            text += (f"; random directions of matched {b.get('match', 'norms')}: {b['faces_mean']:.1f} faces on "
-                     f"average ({per} over {b.get('n_repeats', '?')} draws)")
+        b = s.baseline
+        if b is not None:
+            per = ", ".join(str(x) for x in b.n_faces)
+            text += (f"; random directions of matched {b.match}: {b.faces_mean:.1f} faces on "
+                     f"average ({per} over {b.n_repeats} draws)")
         else:
             text += "; no random baseline in this atlas"
         left.append(html.P(text, id="crystal-counts"))
@@ -115,9 +116,9 @@ def crystals_panel(store: AtlasStore, st: ViewState, prefix: str = "/") -> list:
     if not right:
         right.append(html.P("No word-pair analysis in this layer (atom.json: capture word pairs in precompute).",
                             className="hint"))
-    elif s.lda and isinstance(s.lda.get("best_dim"), int):
-        left.append(html.P(f"{s.n_pairs} word pairs; best LDA dimension {s.lda['best_dim']}; raw silhouette "
-                           f"{s.lda.get('raw_silhouette', float('nan')):.3f}", className="muted", id="atom-note"))
+    elif s.lda is not None and s.lda.best_dim is not None:
+        left.append(html.P(f"{s.n_pairs} word pairs; best LDA dimension {s.lda.best_dim}; raw silhouette "
+                           f"{s.lda.raw_silhouette:.3f}", className="muted", id="atom-note"))
     return [html.Div([html.Div(left, className="pcell faces"), *right], className="prow")]
 
 
@@ -125,13 +126,14 @@ def _json(model) -> bytes:
     return model.__pydantic_serializer__.to_json(model)
 
 
-def brain_summary(entry: dict) -> str:
+def brain_summary(entry: BrainRow) -> str:
     """One line: AMI against geometry and balanced accuracy, each with its z-score."""
-    parts = []
-    ami, reg = entry.get("ami"), entry.get("regression")
-    if isinstance(ami, dict) and isinstance(ami.get("ami"), (int, float)):
-        parts.append(f"AMI vs geometry {ami['ami']:.3f} (z = {ami.get('z', float('nan')):.1f} over permutations)")
-    if isinstance(reg, dict) and isinstance(reg.get("accuracy"), (int, float)):
-        parts.append(f"balanced accuracy from directions {reg['accuracy']:.2f} vs {reg.get('random_mean', 0):.2f} "
-                     f"random (z = {reg.get('z', float('nan')):.1f})")
-    return "; ".join(parts) or "no statistics"
+    def z(v: float | None) -> float:
+        return float("nan") if v is None else v   # no spread in the null: no z
+
+    parts = [f"AMI vs geometry {entry.ami.ami:.3f} (z = {z(entry.ami.z):.1f} over permutations)"]
+    reg = entry.regression
+    if reg is not None and reg.accuracy is not None:
+        parts.append(f"balanced accuracy from directions {reg.accuracy:.2f} vs {reg.random_mean:.2f} "
+                     f"random (z = {z(reg.z):.1f})")
+    return "; ".join(parts)
