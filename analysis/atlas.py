@@ -5,9 +5,12 @@ docs/atlas.md for every file). This module writes atlases atomically, opens them
 memory-mapped arrays, and validates them.
 
     with AtlasWriter(path, manifest) as w:      # new atlas
-        w.put_array("layers/3/decoder.npy", W_dec)
+        w.put_array(LayerFiles(3).decoder, W_dec)
     atlas = open_atlas(path)                    # raises AtlasError naming the bad file
-    W = atlas.array("layers/3/decoder.npy")     # np.memmap
+    W = atlas.array(LayerFiles(3).decoder)      # np.memmap
+
+``LayerFiles(L)`` names the files of layer ``L`` ("layers/3/decoder.npy"); every stage and the
+app go through it, so the folder layout of a layer is spelled once.
 
 Writes go into a hidden temporary sibling directory that is renamed into place only
 after every file and the manifest (with a sha256 per file) are on disk, so a crash never
@@ -21,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -134,6 +138,71 @@ class Manifest(BaseModel):
             if info.layer == layer:
                 return info
         raise KeyError(f"layer {layer} is not in this atlas (layers: {[i.layer for i in self.layers]})")
+
+
+def _named(name: str) -> property:
+    return property(lambda self: self.file(name), doc=f"``layers/<L>/{name}``")
+
+
+@dataclass(frozen=True)
+class LayerFiles:
+    """The names of one layer's files inside an atlas, as docs/atlas.md lists them ("Layer
+    files"): ``LayerFiles(3).decoder == "layers/3/decoder.npy"``."""
+
+    layer: int
+
+    @property
+    def folder(self) -> str:
+        return f"layers/{self.layer}/"
+
+    def file(self, name: str) -> str:
+        """Any file of the layer by its name in docs/atlas.md, e.g. ``"coords_pca.npy"``."""
+        return self.folder + name
+
+    @staticmethod
+    def layer_of(rel: str) -> int | None:
+        """The layer a file of the atlas belongs to; None for files outside ``layers/``."""
+        parts = Path(rel).parts
+        if len(parts) > 1 and parts[0] == "layers" and parts[1].lstrip("-").isdigit():
+            return int(parts[1])
+        return None
+
+    @property
+    def sae_dir(self) -> str:
+        """The folder of an SAE trained here, in sae-lens format."""
+        return f"saes/{self.layer}"
+
+    # raw statistics (precompute)
+    decoder = _named("decoder.npy")
+    fire_count = _named("fire_count.npy")
+    cooc = _named("cooc.npz")
+    subset_fire = _named("subset_fire.npy")
+    blocks = _named("blocks.npz")
+    block_subset = _named("block_subset.npy")
+    act_hist = _named("act_hist.npy")
+    act_hist_edges = _named("act_hist_edges.npy")
+    contexts = _named("contexts.parquet")
+    top_tokens = _named("top_tokens.parquet")
+    word_h_in = _named("word_h_in.npy")
+    word_h_out = _named("word_h_out.npy")
+    # derived (analysis.stage)
+    coords_pca = _named("coords_pca.npy")
+    coords_umap = _named("coords_umap.npy")
+    neighbors = _named("neighbors.npy")
+    neighbors_cos = _named("neighbors_cos.npy")
+    brain = _named("brain.json")
+    lobe_subsets = _named("lobe_subsets.parquet")
+    lobe_tokens = _named("lobe_tokens.parquet")
+    spectrum = _named("spectrum.npy")
+    galaxy = _named("galaxy.json")
+    crystals = _named("crystals.parquet")
+    atom = _named("atom.json")
+
+    def coords(self, layout: str) -> str:
+        return self.file(f"coords_{layout}.npy")
+
+    def lobes(self, affinity: str) -> str:
+        return self.file(f"lobes_{affinity}.npy")
 
 
 def software_versions() -> dict[str, str]:
@@ -410,7 +479,7 @@ def _problems(path: Path, verify: str) -> tuple[list[str], Manifest | None]:
         if verify == "checksum" and _sha256(f) != info.sha256:
             problems.append(f"{f}: checksum mismatch (the file changed after the atlas was written)")
             continue
-        if info.kind == "json" and f.name in ARTEFACTS and rel.startswith("layers/"):
+        if info.kind == "json" and f.name in ARTEFACTS and LayerFiles.layer_of(rel) is not None:
             try:
                 read_artefact(f, ARTEFACTS[f.name])
             except AtlasError as e:
@@ -418,9 +487,9 @@ def _problems(path: Path, verify: str) -> tuple[list[str], Manifest | None]:
     problems += _latent_problems(path, manifest)
     known = {i.layer for i in manifest.layers}
     for rel in manifest.files:
-        parts = Path(rel).parts
-        if parts[0] == "layers" and len(parts) > 1 and parts[1].lstrip("-").isdigit() and int(parts[1]) not in known:
-            problems.append(f"{path / rel}: belongs to layer {parts[1]}, which the manifest does not list")
+        layer = LayerFiles.layer_of(rel)
+        if layer is not None and layer not in known:
+            problems.append(f"{path / rel}: belongs to layer {layer}, which the manifest does not list")
     return problems, manifest
 
 
@@ -522,15 +591,15 @@ class Atlas:
 
     def brain(self, layer: int) -> Brain | None:
         """The layer's ``brain.json``; None when its lobes were not computed."""
-        return self._artefact(f"layers/{layer}/brain.json", Brain)
+        return self._artefact(LayerFiles(layer).brain, Brain)
 
     def galaxy(self, layer: int) -> Galaxy | None:
         """The layer's ``galaxy.json``; None when the geometry stage has not run on it."""
-        return self._artefact(f"layers/{layer}/galaxy.json", Galaxy)
+        return self._artefact(LayerFiles(layer).galaxy, Galaxy)
 
     def atom(self, layer: int) -> Atom | None:
         """The layer's ``atom.json``; None when neither crystals nor word pairs were analysed."""
-        return self._artefact(f"layers/{layer}/atom.json", Atom)
+        return self._artefact(LayerFiles(layer).atom, Atom)
 
     def __repr__(self) -> str:
         return f"Atlas({str(self.path)!r}, layers={self.layer_ids})"

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from analysis.atlas import LayerFiles
+
 LOBE_TABLE_KS = (2, 3)  # published: two and three phi lobes
 
 
@@ -32,7 +34,7 @@ def build_report(atlas) -> dict:
     out: dict[str, Any] = {"atlas": str(atlas.path), "subsets": list(atlas.manifest.corpus.subsets),
                            "geometry_config": atlas.manifest.configs.get("geometry"), "layers": {}}
     for L in atlas.layer_ids:
-        b = f"layers/{L}/"
+        f = LayerFiles(L)
         entry: dict[str, Any] = {"computed": list(atlas.manifest.layer(L).computed)}
         g = atlas.galaxy(L)
         if g is not None:
@@ -55,8 +57,8 @@ def build_report(atlas) -> dict:
                                    "regression_z": r.regression.z} if r.regression else {})}
                               for r in res]
             entry["brain"] = {"ks": bj.ks, "n_live": bj.n_live, "n_dead": len(bj.dead), "results": rows}
-        if atlas.has(b + "lobe_subsets.parquet"):
-            t = atlas.table(b + "lobe_subsets.parquet")
+        if atlas.has(f.lobe_subsets):
+            t = atlas.table(f.lobe_subsets)
             tables = {}
             for (name, k), g in t[t["k"].isin(LOBE_TABLE_KS)].groupby(["affinity", "k"]):
                 piv = g.pivot_table(index="subset", columns="lobe", values="blocks", aggfunc="sum", fill_value=0)
@@ -71,7 +73,7 @@ def build_report(atlas) -> dict:
                              "distractor_r": aj.distractor.pearson_r if aj.distractor else None}
         if aj is not None and aj.crystal_search is not None:
             cs, cb, counts = aj.crystal_search, aj.crystal_baseline, aj.crystal_counts
-            kinds = atlas.table(b + "crystals.parquet")["kind"].value_counts()
+            kinds = atlas.table(f.crystals)["kind"].value_counts()
             entry["crystals"] = {"n_faces": cs.n_faces, "parallelograms": int(kinds.get("parallelogram", 0)),
                                  "trapezoids": int(kinds.get("trapezoid", 0)), "min_cos": cs.min_cos,
                                  "baseline_faces": cb.faces_mean if cb else None,
@@ -265,12 +267,13 @@ def write_figures(report_or_atlas, out_dir) -> list[Path]:
         plt.close(fig)
         written.append(p)
 
-    if atlas is not None and any(atlas.has(f"layers/{L}/spectrum.npy") for L in layers):
+    if atlas is not None and any(atlas.has(LayerFiles(int(L)).spectrum) for L in layers):
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for L, e in layers.items():
-            if not atlas.has(f"layers/{L}/spectrum.npy"):
+            spectrum = LayerFiles(int(L)).spectrum
+            if not atlas.has(spectrum):
                 continue
-            lam = np.asarray(atlas.array(f"layers/{L}/spectrum.npy"))
+            lam = np.asarray(atlas.array(spectrum))
             r = np.arange(1, lam.size + 1)
             line, = ax.loglog(r[lam > 0], lam[lam > 0], lw=1, label=f"layer {L}")
             g = e.get("galaxy")

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from analysis import atom, brain, galaxy, layout
 from analysis.artefacts import Atom, Brain, Galaxy
+from analysis.atlas import AtlasWriter, LayerFiles, open_atlas
 
 PARTS = ("layout", "neighbors", "galaxy", "brain", "crystals", "atom")
 
@@ -275,22 +276,21 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
 # --------------------------------------------------------------------------- atlas
 
 def _layer_inputs(atlas, L: int) -> dict:
-    base = f"layers/{L}/"
-    has = lambda f: atlas.has(base + f)  # noqa: E731
+    f = LayerFiles(L)
     out: dict[str, Any] = {}
-    if has("cooc.npz"):
-        out["C"] = atlas.sparse(base + "cooc.npz")
+    if atlas.has(f.cooc):
+        out["C"] = atlas.sparse(f.cooc)
         out["T"] = int(atlas.manifest.layer(L).n_blocks)
-    if has("blocks.npz") and has("block_subset.npy"):
-        out["blocks"] = atlas.sparse(base + "blocks.npz")
-        out["block_subset"] = np.asarray(atlas.array(base + "block_subset.npy"))
+    if atlas.has(f.blocks) and atlas.has(f.block_subset):
+        out["blocks"] = atlas.sparse(f.blocks)
+        out["block_subset"] = np.asarray(atlas.array(f.block_subset))
         out["subsets"] = list(atlas.manifest.corpus.subsets)
-    if has("top_tokens.parquet"):
-        out["top_tokens"] = atlas.table(base + "top_tokens.parquet")
-    if atlas.has("wordpairs/pairs.parquet") and has("word_h_in.npy") and has("word_h_out.npy"):
+    if atlas.has(f.top_tokens):
+        out["top_tokens"] = atlas.table(f.top_tokens)
+    if atlas.has("wordpairs/pairs.parquet") and atlas.has(f.word_h_in) and atlas.has(f.word_h_out):
         pairs = atlas.table("wordpairs/pairs.parquet")
-        out["word"] = {"h_in": np.asarray(atlas.array(base + "word_h_in.npy")),
-                       "h_out": np.asarray(atlas.array(base + "word_h_out.npy")),
+        out["word"] = {"h_in": np.asarray(atlas.array(f.word_h_in)),
+                       "h_out": np.asarray(atlas.array(f.word_h_out)),
                        "tasks": pairs["task"].to_numpy(),
                        "input_tokens": pairs["input_last_token"].tolist(),
                        "output_tokens": pairs["output_last_token"].tolist()}
@@ -318,12 +318,10 @@ def run_geometry(atlas_path, config: GeometryConfig | None = None, progress: boo
     is stored in ``manifest.configs["geometry"]``. ``on_layer(layer, i, n)`` is called before
     each layer is computed (progress reporting).
     """
-    from analysis.atlas import AtlasWriter, open_atlas
-
     config = config or GeometryConfig()
     wanted = config.model_dump(mode="json")
     atlas = open_atlas(atlas_path)
-    layers = sorted(L for L in atlas.layer_ids if atlas.has(f"layers/{L}/decoder.npy")
+    layers = sorted(L for L in atlas.layer_ids if atlas.has(LayerFiles(L).decoder)
                     and (config.layers is None or L in config.layers))
     if atlas.manifest.configs.get("geometry") != wanted:
         # other settings: nothing done so far counts, and a run interrupted from here on
@@ -335,10 +333,11 @@ def run_geometry(atlas_path, config: GeometryConfig | None = None, progress: boo
         atlas = open_atlas(atlas_path, verify="size")
     previous = None
     for i, L in enumerate(layers):
-        W = np.asarray(atlas.array(f"layers/{L}/decoder.npy"))
+        f = LayerFiles(L)
+        W = np.asarray(atlas.array(f.decoder))
         if "geometry" in atlas.manifest.layer(L).computed:
-            previous = (W, {name: np.asarray(atlas.array(f"layers/{L}/{name}"))
-                            for name in ("coords_pca.npy", "coords_umap.npy") if atlas.has(f"layers/{L}/{name}")})
+            previous = (W, {name: np.asarray(atlas.array(f.file(name)))
+                            for name in ("coords_pca.npy", "coords_umap.npy") if atlas.has(f.file(name))})
             continue
         if progress:
             print(f"geometry: layer {L}", flush=True)
@@ -348,7 +347,7 @@ def run_geometry(atlas_path, config: GeometryConfig | None = None, progress: boo
                                         **_layer_inputs(atlas, L))
         with AtlasWriter.update(atlas_path) as w:
             for name, value in files.items():
-                w.put(f"layers/{L}/{name}", value)
+                w.put(f.file(name), value)
             info = w.manifest.layer(L)
             info.computed = [c for c in info.computed
                              if c not in PARTS and c != "umap" and not c.startswith("skipped:")

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from analysis.atlas import AtlasWriter, CorpusInfo, LayerInfo, Manifest, ModelInfo, SAEInfo
+from analysis.atlas import AtlasWriter, CorpusInfo, LayerFiles, LayerInfo, Manifest, ModelInfo, SAEInfo
 
 SUBSETS = ["code", "math", "prose", "chat", "legal", "science", "news", "web"]
 _VOCAB = {
@@ -188,7 +188,7 @@ def make_synthetic_atlas(path: str | Path, n_features: int = 1200, d_model: int 
         for L, m in zip(layers, made):
             for name, value in m.items():
                 if not name.startswith("_"):
-                    w.put(f"layers/{L}/{name}", value)
+                    w.put(LayerFiles(L).file(name), value)
     if geometry:
         from analysis import stage
 

@@ -43,7 +43,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from analysis.atlas import Atlas, AtlasError, list_atlases, open_atlas
+from analysis.atlas import Atlas, AtlasError, LayerFiles, list_atlases, open_atlas
 from analysis.latent import norms_by_position
 from analysis.universality import Comparison, is_comparison, open_comparison
 
@@ -359,7 +359,7 @@ class AtlasStore:
 
     def n_features(self, name: str, layer: int) -> int:
         atlas = self.layer(name, layer)
-        rel = f"layers/{layer}/decoder.npy"
+        rel = LayerFiles(layer).decoder
         if atlas.has(rel):
             return int(atlas.manifest.files[rel].shape[0])
         return int(atlas.manifest.layer(layer).sae.width)
@@ -371,25 +371,24 @@ class AtlasStore:
 
     def layouts(self, name: str, layer: int) -> list[str]:
         atlas = self.layer(name, layer)
-        return [lay for lay in LAYOUTS if atlas.has(f"layers/{layer}/coords_{lay}.npy")]
+        return [lay for lay in LAYOUTS if atlas.has(LayerFiles(layer).coords(lay))]
 
     def coords(self, name: str, layer: int, layout: str) -> np.ndarray | None:
         """float32 [F, 3]; PCA of the decoder when no layout file was computed (pca only)."""
         atlas = self.layer(name, layer)
-        rel = f"layers/{layer}/coords_{layout}.npy"
-        if atlas.has(rel):
-            return np.asarray(atlas.array(rel), dtype=np.float32)
-        if layout == "pca" and atlas.has(f"layers/{layer}/decoder.npy"):
+        f = LayerFiles(layer)
+        if atlas.has(f.coords(layout)):
+            return np.asarray(atlas.array(f.coords(layout)), dtype=np.float32)
+        if layout == "pca" and atlas.has(f.decoder):
             from analysis.layout import pca_coords  # scikit-learn comes with it: not at start-up
 
-            return self.memo(name, ("pca-fallback", layer),
-                             lambda a: pca_coords(a.array(f"layers/{layer}/decoder.npy")).astype(np.float32))
+            return self.memo(name, ("pca-fallback", layer), lambda a: pca_coords(a.array(f.decoder)).astype(np.float32))
         return None
 
     def frequency(self, name: str, layer: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(fire_count int64 [F], frequency float64 [F] = fraction of tokens fired)."""
         atlas = self.layer(name, layer)
-        rel = f"layers/{layer}/fire_count.npy"
+        rel = LayerFiles(layer).fire_count
         if not atlas.has(rel):
             return None
 
@@ -406,14 +405,13 @@ class AtlasStore:
         atlas = self.layer(name, layer)
         out = {}
         for aff in AFFINITIES:
-            rel = f"layers/{layer}/lobes_{aff}.npy"
-            if atlas.has(rel):
+            if atlas.has(LayerFiles(layer).lobes(aff)):
                 out[aff] = self._ks(name, layer, aff)
         return out
 
     def _ks(self, name: str, layer: int, affinity: str) -> list[int]:
         def compute(a: Atlas):
-            labels = a.array(f"layers/{layer}/lobes_{affinity}.npy")
+            labels = a.array(LayerFiles(layer).lobes(affinity))
             brain = a.brain(layer)
             ks = brain.ks if brain is not None else None
             if not ks or len(ks) != labels.shape[0]:  # no brain.json: count clusters per row
@@ -428,12 +426,12 @@ class AtlasStore:
         if affinity not in opts or k not in opts[affinity]:
             return None
         atlas = self.open(name)
-        return np.asarray(atlas.array(f"layers/{layer}/lobes_{affinity}.npy")[opts[affinity].index(k)])
+        return np.asarray(atlas.array(LayerFiles(layer).lobes(affinity))[opts[affinity].index(k)])
 
     def lobe_names(self, name: str, layer: int, affinity: str, k: int, n_tokens: int = 3) -> dict[int, str]:
         """{lobe: "tok1 | tok2 | tok3"} from lobe_tokens.parquet, or from member features' top tokens."""
         def compute(a: Atlas):
-            rel = f"layers/{layer}/lobe_tokens.parquet"
+            rel = LayerFiles(layer).lobe_tokens
             out: dict[int, list[str]] = {}
             if a.has(rel):
                 t = a.table(rel)
@@ -455,7 +453,7 @@ class AtlasStore:
     def subset_argmax(self, name: str, layer: int) -> np.ndarray | None:
         """int16 [F]: corpus subset where each feature fires most (-1: never fires)."""
         atlas = self.layer(name, layer)
-        rel = f"layers/{layer}/subset_fire.npy"
+        rel = LayerFiles(layer).subset_fire
         if not atlas.has(rel):
             return None
 
@@ -469,7 +467,7 @@ class AtlasStore:
 
     def table(self, name: str, layer: int, file: str):
         atlas = self.layer(name, layer)
-        rel = f"layers/{layer}/{file}"
+        rel = LayerFiles(layer).file(file)
         return atlas.table(rel) if atlas.has(rel) else None
 
     def rows_of(self, name: str, layer: int, file: str, feature: int, column: str = "feature"):
@@ -509,10 +507,10 @@ class AtlasStore:
     def neighbors(self, name: str, layer: int, feature: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Top-k decoder-cosine neighbors (self excluded) and their cosines."""
         atlas = self.layer(name, layer)
-        rel, rel_cos = f"layers/{layer}/neighbors.npy", f"layers/{layer}/neighbors_cos.npy"
-        if atlas.has(rel) and atlas.has(rel_cos):
-            return np.asarray(atlas.array(rel)[feature, :k]), np.asarray(atlas.array(rel_cos)[feature, :k])
-        W = self.memo(name, ("unit-decoder", layer), lambda a: _unit_rows(a.array(f"layers/{layer}/decoder.npy")))
+        f = LayerFiles(layer)
+        if atlas.has(f.neighbors) and atlas.has(f.neighbors_cos):
+            return np.asarray(atlas.array(f.neighbors)[feature, :k]), np.asarray(atlas.array(f.neighbors_cos)[feature, :k])
+        W = self.memo(name, ("unit-decoder", layer), lambda a: _unit_rows(a.array(f.decoder)))
         cos = W @ W[feature]
         cos[feature] = -np.inf
         idx = np.argpartition(-cos, min(k, len(cos) - 1))[:k]
@@ -522,7 +520,7 @@ class AtlasStore:
     def cooc_partners(self, name: str, layer: int, feature: int, k: int = 8) -> list[dict] | None:
         """Features sharing the most blocks with ``feature``, with the phi coefficient."""
         atlas = self.layer(name, layer)
-        rel = f"layers/{layer}/cooc.npz"
+        rel = LayerFiles(layer).cooc
         if not atlas.has(rel):
             return None
         C = self.memo(name, ("cooc", layer), lambda a: csr_rows(a, rel))

@@ -28,6 +28,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from analysis.artefacts import Atom, Galaxy
+from analysis.atlas import LayerFiles
 from app.data import AtlasStore
 from app.state import ViewState
 from app.views import cloud as cloud_view
@@ -74,7 +75,7 @@ def spectra(store: AtlasStore, st: ViewState) -> go.Figure | None:
     fig = go.Figure()
     current = None
     for i, L in enumerate(a.layer_ids):
-        rel = f"layers/{L}/spectrum.npy"
+        rel = LayerFiles(L).spectrum
         if not a.has(rel):
             continue
         lam = np.asarray(a.array(rel), dtype=np.float64)
@@ -247,11 +248,11 @@ def distractor(store: AtlasStore, st: ViewState) -> go.Figure | None:
 def activations(store: AtlasStore, st: ViewState) -> go.Figure | None:
     """Activation histogram of the selected feature (log-spaced bins)."""
     a = store.layer(st.atlas, st.layer)
-    p = f"layers/{st.layer}/"
-    if st.feature is None or not (a.has(p + "act_hist.npy") and a.has(p + "act_hist_edges.npy")):
+    f = LayerFiles(st.layer)
+    if st.feature is None or not (a.has(f.act_hist) and a.has(f.act_hist_edges)):
         return None
-    e = np.asarray(a.array(p + "act_hist_edges.npy"), dtype=np.float64)
-    counts = np.asarray(a.array(p + "act_hist.npy")[st.feature])
+    e = np.asarray(a.array(f.act_hist_edges), dtype=np.float64)
+    counts = np.asarray(a.array(f.act_hist)[st.feature])
     if not counts.sum():
         return None
     fig = go.Figure(go.Bar(x=np.sqrt(e[:-1] * np.maximum(e[1:], 1e-12)), y=counts, width=np.diff(e),

@@ -111,7 +111,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     from _app_atlas import start_server
-    from analysis.atlas import open_atlas
+    from analysis.atlas import LayerFiles, open_atlas
     from app.views.latent import MAX_POINTS
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,8 +148,9 @@ def main() -> None:
                 t_cloud = None
                 if atlas.layer_ids:
                     L = atlas.layer_ids[0]
-                    n_feat = atlas.manifest.files[f"layers/{L}/decoder.npy"].shape[0] \
-                        if atlas.has(f"layers/{L}/decoder.npy") else atlas.manifest.layer(L).sae.width
+                    decoder = LayerFiles(L).decoder
+                    n_feat = atlas.manifest.files[decoder].shape[0] \
+                        if atlas.has(decoder) else atlas.manifest.layer(L).sae.width
                     t_cloud = first_render(b, f"{base}/?atlas={name}&layer={L}", "#cloud .js-plotly-plot",
                                            n_feat, a.repeats)
                 b.close()

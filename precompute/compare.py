@@ -557,7 +557,9 @@ def _pair_layers(cfg: CompareConfig, La: int, Lb: int, cap: Captured, dec_a: np.
 
 
 def _decoder(side: Side, layer: int) -> np.ndarray:
-    rel = f"layers/{layer}/decoder.npy"
+    from analysis.atlas import LayerFiles
+
+    rel = LayerFiles(layer).decoder
     if side.atlas.has(rel):
         return np.asarray(side.atlas.array(rel), dtype=np.float64)
     return side.saes[layer].decoder().astype(np.float64)

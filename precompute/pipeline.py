@@ -580,10 +580,12 @@ def _word_pairs(cfg, lm, layers, hooks):
     table = pairs[["task", "input", "output"]].copy()
     table["input_last_token"] = [lm.tokenizer.decode([ids_of[w][-1]]) for w in table["input"]]
     table["output_last_token"] = [lm.tokenizer.decode([ids_of[w][-1]]) for w in table["output"]]
+    from analysis.atlas import LayerFiles
+
     arrays = {}
     for L in layers:
-        arrays[f"layers/{L}/word_h_in.npy"] = np.stack([h_of[w][L] for w in table["input"]]).astype(np.float32)
-        arrays[f"layers/{L}/word_h_out.npy"] = np.stack([h_of[w][L] for w in table["output"]]).astype(np.float32)
+        arrays[LayerFiles(L).word_h_in] = np.stack([h_of[w][L] for w in table["input"]]).astype(np.float32)
+        arrays[LayerFiles(L).word_h_out] = np.stack([h_of[w][L] for w in table["output"]]).astype(np.float32)
     return table, arrays
 
 
@@ -661,7 +663,7 @@ def _run(cfg: PrecomputeConfig) -> Path:
     input: unknown model or SAE, an SAE that does not fit the model, an empty corpus, a
     layer outside the model, or too little disk space.
     """
-    from analysis.atlas import (AtlasWriter, CorpusInfo, LayerInfo, Manifest, ModelInfo, SAEInfo)
+    from analysis.atlas import (AtlasWriter, CorpusInfo, LayerFiles, LayerInfo, Manifest, ModelInfo, SAEInfo)
 
     t0 = time.time()
     out = Path(cfg.out).expanduser().resolve()
@@ -745,11 +747,11 @@ def _run(cfg: PrecomputeConfig) -> Path:
         layers=infos, configs={"precompute": cfg.model_dump(mode="json")})
     with AtlasWriter(out, manifest, overwrite=cfg.overwrite) as w:
         for L, s in zip(layers, saes):
-            w.put_array(f"layers/{L}/decoder.npy", s.decoder())
+            w.put_array(LayerFiles(L).decoder, s.decoder())
             for name, obj in results[L].files().items():
-                w.put(f"layers/{L}/{name}", obj)
+                w.put(LayerFiles(L).file(name), obj)
             if train:
-                w.put_dir(f"saes/{L}", work / "saes" / str(L))
+                w.put_dir(LayerFiles(L).sae_dir, work / "saes" / str(L))
         if pairs is not None:
             w.put_table("wordpairs/pairs.parquet", pairs)
             for rel, arr in word_arrays.items():

@@ -5,7 +5,7 @@ import numpy as np
 
 from app.data import AtlasStore
 from app.models import AtlasDetail, AtlasSummary, LayerDetail, LayerSummary, Spectra, Spectrum
-from analysis.atlas import AtlasError
+from analysis.atlas import AtlasError, LayerFiles
 
 
 def summaries(store: AtlasStore) -> list[AtlasSummary]:
@@ -29,7 +29,7 @@ def detail(store: AtlasStore, atlas: str) -> AtlasDetail:
     m = store.open(atlas).manifest
     layers = []
     for li in m.layers:
-        prefix = f"layers/{li.layer}/"
+        prefix = LayerFiles(li.layer).folder
         layers.append(LayerDetail(
             layer=li.layer, n_features=store.n_features(atlas, li.layer), hook=li.hook,
             sae_source=li.sae.source, n_tokens=li.n_tokens, n_blocks=li.n_blocks, threshold=li.threshold,
@@ -45,7 +45,7 @@ def spectra(store: AtlasStore, atlas: str) -> Spectra:
     a = store.open(atlas)
     out = []
     for L in a.layer_ids:
-        rel = f"layers/{L}/spectrum.npy"
+        rel = LayerFiles(L).spectrum
         if a.has(rel):
             out.append(Spectrum(layer=L, eigenvalues=np.asarray(a.array(rel), float).tolist(), fit=a.galaxy(L)))
     return Spectra(atlas=atlas, layers=out)

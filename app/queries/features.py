@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 
+from analysis.atlas import LayerFiles
 from app.data import AtlasStore
 from app.models import CoocPartner, Context, FeatureCard, Histogram, LobeOf, Neighbor, SearchHit, TopToken
 from app.queries.layers import crystal
@@ -27,11 +28,11 @@ def feature_card(store: AtlasStore, atlas: str, layer: int, feature: int, k: int
     idx, cos = store.neighbors(atlas, layer, feature, k)
     ctx = store.rows_of(atlas, layer, "contexts.parquet", feature)
     toks = store.rows_of(atlas, layer, "top_tokens.parquet", feature)
-    a = store.open(atlas)
+    a, f = store.open(atlas), LayerFiles(layer)
     hist = None
-    if a.has(f"layers/{layer}/act_hist.npy") and a.has(f"layers/{layer}/act_hist_edges.npy"):
-        hist = Histogram(edges=np.asarray(a.array(f"layers/{layer}/act_hist_edges.npy"), float).tolist(),
-                         counts=np.asarray(a.array(f"layers/{layer}/act_hist.npy")[feature]).tolist())
+    if a.has(f.act_hist) and a.has(f.act_hist_edges):
+        hist = Histogram(edges=np.asarray(a.array(f.act_hist_edges), float).tolist(),
+                         counts=np.asarray(a.array(f.act_hist)[feature]).tolist())
     crystals = None
     hit = store.crystals_of(atlas, layer, feature)
     if hit is not None:
