@@ -8,10 +8,13 @@ SIGKILL included, with results identical to an uninterrupted run):
 2. when no SAE is given: capture the hooked activations of the first ``train_tokens``
    tokens (``train/acts_<L>.npy``) and train one TopK SAE per layer with sae-lens
    (``saes/<L>/``);
-3. the statistics pass: every batch of documents through the model (the batches captured in
-   2. are read back instead of recomputed), the SAE encodes each layer, and
-   ``precompute.cooccur.LayerStats`` accumulates firing, co-occurrence, histograms, contexts
-   and tokens (``stats.pt``, replaced atomically every ``checkpoint_every`` batches);
+3. the statistics pass, in shards of ``shard_batches`` batches: every batch of documents
+   through the model (the batches captured in 2. are read back instead of recomputed), the
+   SAE encodes each layer, and ``precompute.cooccur.LayerStats`` accumulates firing,
+   co-occurrence, histograms, contexts and tokens; each shard's partial is saved in
+   ``shards/`` (inside a shard ``stats.pt`` is replaced atomically every ``checkpoint_every``
+   batches) and the partials are merged exactly in shard order. With ``ray`` set the shards
+   run on a Ray cluster (``precompute.distributed``), giving the same atlas;
 4. word-pair hidden states at the last token of each word (METHODS 2);
 5. the atlas is written through ``analysis.atlas.AtlasWriter`` (temporary sibling, atomic
    rename) and the work directory removed;
@@ -30,15 +33,17 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from precompute.corpus import TokenizedCorpus, open_corpus, tokenize_corpus
+from precompute.distributed import RaySettings
 from precompute.errors import PrecomputeError
 from precompute.models import LoadedModel, hook_name, load_model, parse_hook
 from precompute.saes import LoadedSAE, check_fit, load_sae, save_sae, train_sae
@@ -129,6 +134,12 @@ class PrecomputeConfig(BaseModel):
     threads: int | None = None              # torch CPU threads (None: torch's default)
     batch_size: int = 8                     # documents per forward pass
     checkpoint_every: int = 10              # batches between checkpoints
+    # batches per statistics shard: the unit a Ray worker computes (and redoes when it fails)
+    # and the merge adds up; the atlas is the same for any value (precompute.cooccur merge)
+    shard_batches: int = Field(64, ge=1)
+    # run the statistics pass on a Ray cluster: "auto", "local", an address, or RaySettings
+    # fields; None = in this process. Same atlas either way (precompute.distributed)
+    ray: RaySettings | None = None
     out: Path = Path("atlases/demo")
     overwrite: bool = False
     profile: Literal["tiny", "demo", "published", "published-galaxy"] | None = None
@@ -140,6 +151,11 @@ class PrecomputeConfig(BaseModel):
     latent: bool = False                    # the latent-geometry stage (METHODS 4); on in the demo profile
     latent_config: dict[str, Any] = Field(default_factory=dict)    # LatentConfig overrides
     progress: bool = True
+
+    @field_validator("ray", mode="before")
+    @classmethod
+    def _ray_address(cls, v: Any) -> Any:
+        return {"address": v} if isinstance(v, str) else v
 
     @model_validator(mode="before")
     @classmethod
@@ -187,7 +203,7 @@ class PrecomputeConfig(BaseModel):
     def identity(self) -> dict:
         """The settings a checkpoint must agree with to be resumed."""
         return self.model_dump(mode="json", exclude={"resume", "out", "overwrite", "progress", "profile",
-                                                     "geometry", "checkpoint_every", "threads",
+                                                     "geometry", "checkpoint_every", "threads", "ray",
                                                      "latent", "latent_config"})
 
 
@@ -313,6 +329,10 @@ def _preflight(cfg: PrecomputeConfig) -> None:
     open_corpus(cfg.corpus, cfg.text_field, cfg.subset_field)
     for spec in _expand_saes(cfg.saes, cfg.model):
         check_sae_spec(spec)
+    if cfg.ray is not None:
+        from precompute.distributed import check
+
+        check(cfg.ray)
 
 
 def _resolve_saes(cfg: PrecomputeConfig, lm: LoadedModel) -> tuple[list[int], list[LoadedSAE]]:
@@ -464,15 +484,17 @@ def _train(cfg, lm, layers, hooks, mm, work: Path) -> list[LoadedSAE]:
 
 
 class _EV:
-    """Explained variance of an SAE over the first ``limit`` tokens, accumulated exactly enough
-    (float64 sums) to be checkpointed and resumed."""
+    """Explained variance of an SAE over the first ``limit`` tokens of the pass.
 
-    def __init__(self, d: int, limit: int):
-        self.limit = limit
-        self.n = 0
-        self.sum_x = torch.zeros(d, dtype=torch.float64)
-        self.sum_sq = 0.0
-        self.sse = 0.0
+    Each batch's float64 sums are kept as one term and the terms are added in corpus order
+    only in ``value``: a shard starting at token ``start`` measures its own batches, and the
+    shards' terms concatenated in order give the very sums of one uninterrupted pass (float
+    addition is not associative, so summing per shard first would change the last bits).
+    """
+
+    def __init__(self, d: int, limit: int, start: int = 0):
+        self.d, self.limit, self.n = d, limit, start
+        self.terms: list[tuple] = []      # (tokens, sse, sum of squares, sum_x [d]) per batch
 
     def update(self, sae, x: torch.Tensor, feats: torch.Tensor) -> None:
         if self.n >= self.limit:
@@ -480,69 +502,215 @@ class _EV:
         x, feats = x[: self.limit - self.n], feats[: self.limit - self.n]
         xh = sae.decode(feats)
         xd = x.double()
-        self.sse += float(((xd - xh.double()) ** 2).sum())
-        self.sum_sq += float((xd ** 2).sum())
-        self.sum_x += xd.sum(0).cpu()
+        self.terms.append((len(x), float(((xd - xh.double()) ** 2).sum()), float((xd ** 2).sum()),
+                           xd.sum(0).cpu()))
         self.n += len(x)
 
+    def merge(self, state: dict) -> None:
+        """Append the terms of the shard that follows (a ``state()``)."""
+        self.terms += [tuple(t) for t in state["terms"]]
+
     def value(self) -> float | None:
-        if self.n == 0:
+        n, sse, sum_sq, sum_x = 0, 0.0, 0.0, torch.zeros(self.d, dtype=torch.float64)
+        for tn, t_sse, t_sq, t_x in self.terms:
+            n, sse, sum_sq = n + tn, sse + t_sse, sum_sq + t_sq
+            sum_x += t_x
+        if n == 0:
             return None
-        sst = self.sum_sq - float((self.sum_x ** 2).sum()) / self.n
-        return 1.0 - self.sse / sst if sst > 0 else None
+        sst = sum_sq - float((sum_x ** 2).sum()) / n
+        return 1.0 - sse / sst if sst > 0 else None
 
     def state(self) -> dict:
-        return {"n": self.n, "sum_x": self.sum_x.clone(), "sum_sq": self.sum_sq, "sse": self.sse}
+        return {"n": self.n, "terms": [(n, a, b, x.clone()) for n, a, b, x in self.terms]}
 
     def load(self, st: dict) -> None:
-        self.n, self.sum_x, self.sum_sq, self.sse = st["n"], st["sum_x"], st["sum_sq"], st["sse"]
+        self.n, self.terms = st["n"], [tuple(t) for t in st["terms"]]
 
 
-def _statistics(cfg, lm, tc, batches, n_cached, mm, layers, hooks, saes, thresholds, work: Path):
-    """Stage 3: SAE encoding and LayerStats over every batch (checkpointed, resumable)."""
+# ------------------------------------------------------------ the statistics in shards
+#
+# The statistics pass is cut into shards of ``shard_batches`` consecutive batches. Each shard
+# is measured on its own (``shard_statistics``: fresh LayerStats, its own explained-variance
+# terms) and its partial saved in ``shards/``; the atlas is the merge of all partials in shard
+# order (``_merge_shards``). The single-process path and the Ray workers
+# (``precompute.distributed``) run the same function on the same shards and the driver merges
+# the same files, so where a shard ran cannot change a bit of the atlas, and a shard that was
+# retried or resumed is counted once: its file is written atomically, once, by the driver.
+
+
+@dataclass
+class ShardInput:
+    """Everything a worker needs for one shard, without the corpus around it."""
+
+    shard: int
+    doc0: int                         # corpus-wide id of the shard's first document
+    tok0: int                         # tokens of the corpus before it (explained variance)
+    corpus: TokenizedCorpus           # the shard's documents, offsets from 0
+    batches: list[tuple[int, int]]    # document ranges within ``corpus``
+    n_cached: int = 0                 # leading batches whose activations were captured for training
+    cached: dict | None = None        # hook -> [their tokens, d] activations (read, not recomputed)
+
+
+def _shards(batches: list, shard_batches: int) -> list[list[tuple[int, int]]]:
+    return [batches[i:i + shard_batches] for i in range(0, len(batches), shard_batches)]
+
+
+def shard_input(tc: TokenizedCorpus, shards: list, s: int, shard_batches: int, n_cached: int = 0,
+                mm: dict | None = None, copy: bool = False) -> ShardInput:
+    """Shard ``s`` cut out of the corpus; ``copy`` reads its cached activations into memory
+    (for a worker elsewhere) instead of keeping memory-mapped views."""
+    bl = shards[s]
+    d0, d1 = bl[0][0], bl[-1][1]
+    t0, t1 = int(tc.offsets[d0]), int(tc.offsets[d1])
+    sub = TokenizedCorpus(tc.tokens[t0:t1], tc.offsets[d0:d1 + 1] - t0, tc.subset_ids[d0:d1], tc.subsets)
+    nc = max(0, min(len(bl), n_cached - s * shard_batches))
+    cached = None
+    if nc:
+        c1 = int(tc.offsets[bl[nc - 1][1]])
+        cached = {h: (np.array if copy else np.asarray)(m[t0:c1]) for h, m in mm.items()}
+    return ShardInput(s, d0, t0, sub, [(a - d0, b - d0) for a, b in bl], nc, cached)
+
+
+def new_layer_stats(cfg: PrecomputeConfig, saes, thresholds: dict, subsets, vocab, device) -> dict:
     from precompute.cooccur import LayerStats
 
-    vocab = _vocab(lm)
-    stats = {L: LayerStats(s.width, tc.subsets, vocab, threshold=thresholds[L], block_size=cfg.block_size,
-                           max_stored_blocks=cfg.max_stored_blocks, device=lm.device)
-             for L, s in zip(layers, saes)}
-    evs = {L: _EV(lm.d_model, cfg.eval_tokens) for L in layers}
-    ckpt = work / "stats.pt"
+    return {s.layer: LayerStats(s.width, subsets, vocab, threshold=thresholds[s.layer], block_size=cfg.block_size,
+                                max_stored_blocks=cfg.max_stored_blocks, device=device) for s in saes}
+
+
+def shard_statistics(cfg: PrecomputeConfig, lm: LoadedModel, saes: list[LoadedSAE], thresholds: dict,
+                     piece: ShardInput, resume: dict | None = None, checkpoint=None) -> dict:
+    """The partial statistics of one shard (``{"shard", "tokens", "layers", "ev"}``, CPU
+    tensors): every batch through the model, each SAE, LayerStats and explained variance.
+
+    ``resume``/``checkpoint(batch, state)`` continue a shard from, and save, a state taken
+    between two batches (the single-process path checkpoints inside long shards).
+    """
+    tc, hooks = piece.corpus, [s.hook for s in saes]
+    stats = new_layer_stats(cfg, saes, thresholds, tc.subsets, _vocab(lm), lm.device)
+    evs = {s.layer: _EV(lm.d_model, cfg.eval_tokens, piece.tok0) for s in saes}
     start_b = 0
-    if ckpt.is_file():
-        st = torch.load(ckpt, weights_only=False)
-        start_b = st["batch"]
-        for L in layers:
-            stats[L].load_state_dict(st["layers"][L])
-            evs[L].load(st["ev"][L])
-    doc_ids_all = torch.arange(tc.n_docs)
+    if resume is not None:
+        start_b = resume["batch"]
+        for L in stats:
+            stats[L].load_state_dict(resume["layers"][L])
+            evs[L].load(resume["ev"][L])
+    doc_ids_all = torch.arange(piece.doc0, piece.doc0 + tc.n_docs)
     subset_all = torch.from_numpy(tc.subset_ids.astype(np.int64))
-    bar = _bar(cfg, tc.n_tokens, "SAE statistics", initial=int(tc.offsets[batches[start_b][0]])
-               if start_b < len(batches) else tc.n_tokens)
-    for b in range(start_b, len(batches)):
-        start, stop = batches[b]
+    for b in range(start_b, len(piece.batches)):
+        start, stop = piece.batches[b]
         ids, lens = _batch_ids(tc, start, stop, lm.bos_token_id)
         o0, o1 = int(tc.offsets[start]), int(tc.offsets[stop])
-        if b < n_cached:   # captured for SAE training: read back, do not recompute
-            flat = {h: torch.from_numpy(np.asarray(mm[h][o0:o1])).to(lm.device) for h in hooks}
+        if b < piece.n_cached:   # captured for SAE training: read back, do not recompute
+            flat = {h: torch.from_numpy(np.asarray(piece.cached[h][o0:o1])).to(lm.device) for h in hooks}
         else:
             acts = lm.capture(ids, hooks)
             flat = {h: _flat(acts[h], lens).float() for h in hooks}
             del acts
         tok = ids[:, 1:].to(lm.device)
         with torch.no_grad():
-            for L, h, s in zip(layers, hooks, saes):
-                x = flat[h].to(s.sae.W_dec.dtype)
+            for s in saes:
+                x = flat[s.hook].to(s.sae.W_dec.dtype)
                 f = s.sae.encode(x)
-                evs[L].update(s.sae, x, f)
-                stats[L].update(_unflat(f, lens), tok, doc_ids_all[start:stop], subset_all[start:stop], lens)
-        bar.update(o1 - o0)
-        if (b + 1) % cfg.checkpoint_every == 0 and b + 1 < len(batches):
-            _atomic_torch_save({"batch": b + 1, "layers": {L: stats[L].state_dict() for L in layers},
-                                "ev": {L: evs[L].state() for L in layers}}, ckpt)
-            _progress(work, lm.name, "statistics", o1, tc.n_tokens)
+                evs[s.layer].update(s.sae, x, f)
+                stats[s.layer].update(_unflat(f, lens), tok, doc_ids_all[start:stop], subset_all[start:stop], lens)
+        if checkpoint is not None and b + 1 < len(piece.batches):
+            checkpoint(b + 1, o1, lambda: {"layers": {L: st.state_dict() for L, st in stats.items()},
+                                           "ev": {L: ev.state() for L, ev in evs.items()}})
+    return {"shard": piece.shard, "tokens": tc.n_tokens,
+            "layers": {L: _pack(st.state_dict()) for L, st in stats.items()},
+            "ev": {L: ev.state() for L, ev in evs.items()}}
+
+
+# A shard's dense co-occurrence is an F x F float32 matrix (1 GiB at 16k features) that is
+# mostly zeros over a few hundred blocks: it travels and is stored as a sparse tensor.
+_DENSE = ("cooc_f32", "cooc_i64")
+
+
+def _pack(state: dict) -> dict:
+    return {k: (v.to_sparse() if k in _DENSE and v is not None else v) for k, v in state.items()}
+
+
+def _unpack(state: dict) -> dict:
+    return {k: (v.to_dense() if k in _DENSE and v is not None else v) for k, v in state.items()}
+
+
+def shard_path(work: Path, s: int) -> Path:
+    return work / "shards" / f"{s:06d}.pt"
+
+
+def save_shard(work: Path, partial: dict) -> None:
+    _atomic_torch_save(partial, shard_path(work, partial["shard"]))
+
+
+def _merge_shards(cfg, lm, saes, thresholds, subsets, n_shards: int, work: Path):
+    """Every shard's partial, merged in shard order into one result per layer."""
+    vocab = _vocab(lm)
+    acc = new_layer_stats(cfg, saes, thresholds, subsets, vocab, "cpu")
+    evs = {s.layer: _EV(lm.d_model, cfg.eval_tokens) for s in saes}
+    for i in range(n_shards):
+        p = torch.load(shard_path(work, i), map_location="cpu", weights_only=True)
+        part = new_layer_stats(cfg, saes, thresholds, subsets, vocab, "cpu")
+        for L in acc:
+            part[L].load_state_dict(_unpack(p["layers"][L]))
+            acc[L].merge(part[L])
+            evs[L].merge(p["ev"][L])
+        del p, part
+    return {L: st.finalize() for L, st in acc.items()}, {L: ev.value() for L, ev in evs.items()}
+
+
+def _statistics(cfg, lm, tc, batches, n_cached, mm, layers, hooks, saes, thresholds, work: Path):
+    """Stage 3: SAE encoding and LayerStats over every batch, shard by shard (each shard's
+    partial saved once done, long shards checkpointed inside; resumable), then merged."""
+    shards = _shards(batches, cfg.shard_batches)
+    (work / "shards").mkdir(exist_ok=True)
+    todo = [s for s in range(len(shards)) if not shard_path(work, s).is_file()]
+    if len(todo) < len(shards):
+        _log(cfg, f"statistics: {len(shards) - len(todo)} of {len(shards)} shards already done, {len(todo)} to go")
+    left = sum(int(tc.offsets[shards[s][-1][1]] - tc.offsets[shards[s][0][0]]) for s in todo)
+    bar = _bar(cfg, tc.n_tokens, "SAE statistics", initial=tc.n_tokens - left)
+
+    def note() -> None:
+        _progress(work, lm.name, "statistics", bar.n, tc.n_tokens)
+
+    if todo and cfg.ray is not None:
+        from precompute.distributed import run_shards
+
+        def finished(partial: dict) -> None:
+            save_shard(work, partial)
+            bar.update(partial["tokens"])
+            note()
+
+        run_shards(cfg, lm, saes, thresholds, todo,
+                   lambda s: shard_input(tc, shards, s, cfg.shard_batches, n_cached, mm, copy=True), finished)
+    else:
+        for s in todo:
+            _local_shard(cfg, lm, saes, thresholds, shard_input(tc, shards, s, cfg.shard_batches, n_cached, mm),
+                         work, bar, note)
     bar.close()
-    return {L: stats[L].finalize() for L in layers}, {L: evs[L].value() for L in layers}
+    return _merge_shards(cfg, lm, saes, thresholds, tc.subsets, len(shards), work)
+
+
+def _local_shard(cfg, lm, saes, thresholds, piece: ShardInput, work: Path, bar, note) -> None:
+    """One shard in this process, checkpointed every ``checkpoint_every`` batches."""
+    ckpt = work / "stats.pt"
+    resume = torch.load(ckpt, map_location="cpu", weights_only=True) if ckpt.is_file() else None
+    if resume is not None and resume["shard"] != piece.shard:     # left by a shard since saved
+        resume = None
+    seen = [int(piece.corpus.offsets[piece.batches[resume["batch"] - 1][1]]) if resume else 0]
+    bar.update(seen[0])
+
+    def checkpoint(b: int, o1: int, state) -> None:
+        bar.update(o1 - seen[0])
+        seen[0] = o1
+        if b % cfg.checkpoint_every == 0:
+            _atomic_torch_save({"shard": piece.shard, "batch": b, **state()}, ckpt)
+            note()
+
+    save_shard(work, shard_statistics(cfg, lm, saes, thresholds, piece, resume, checkpoint))
+    ckpt.unlink(missing_ok=True)
+    bar.update(piece.corpus.n_tokens - seen[0])
+    note()
 
 
 def word_pair_hooks(cfg: PrecomputeConfig, layers: list[int], hooks: list[str]) -> list[str]:
