@@ -509,7 +509,8 @@ class AtlasStore:
         atlas = self.layer(name, layer)
         f = LayerFiles(layer)
         if atlas.has(f.neighbors) and atlas.has(f.neighbors_cos):
-            return np.asarray(atlas.array(f.neighbors)[feature, :k]), np.asarray(atlas.array(f.neighbors_cos)[feature, :k])
+            return (np.asarray(atlas.array(f.neighbors)[feature, :k]),
+                    np.asarray(atlas.array(f.neighbors_cos)[feature, :k]))
         W = self.memo(name, ("unit-decoder", layer), lambda a: _unit_rows(a.array(f.decoder)))
         cos = W @ W[feature]
         cos[feature] = -np.inf
