@@ -190,3 +190,28 @@ def test_json_results_round_trip_through_their_models(atlas, tmp_path):
     assert len(got.crystal_counts.z) == len(got.crystal_counts.thresholds) == len(got.crystal_baseline.counts.faces[0])
     assert atlas.brain(0).row("phi", 4).ami.ami >= 0.75 and atlas.brain(0).row("phi", 5) is None
     assert words.galaxy(0).estimator == "textbook"
+
+
+def test_results_of_older_atlases_still_open_and_report(atlas, tmp_path):
+    """galaxy.json before the published t·SE and the Gaussian null, atom.json before face
+    counts per threshold: the fields they lack read as None, and the report prints them as '-'."""
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(atlas.path, old)
+    g = json.loads((old / "layers/0/galaxy.json").read_text())
+    for key in ("negentropy_ci95", "null_negentropy", "null_negentropy_std"):
+        del g["entropy"][key]
+    a = json.loads((old / "layers/0/atom.json").read_text())
+    del a["crystal_counts"], a["crystal_baseline"]["counts"]
+    with AtlasWriter.update(old) as w:
+        w.put_json("layers/0/galaxy.json", g)
+        w.put_json("layers/0/atom.json", a)
+    back = open_atlas(old)
+    assert back.galaxy(0).entropy.null_negentropy is None and back.atom(0).crystal_counts is None
+    assert back.atom(0).crystal_baseline.counts is None and back.atom(0).crystal_search.n_faces > 0
+    rep = report.build_report(back)
+    assert rep["layers"]["0"]["galaxy"]["negentropy_ci95"] is None
+    assert rep["layers"]["0"]["crystals"]["by_threshold"] is None
+    assert "phi" in report.format_report(rep)
