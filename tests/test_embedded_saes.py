@@ -16,7 +16,8 @@ from precompute.train_saes import DEFAULT_LAYERS, EMBEDDED_SAES, direction_quali
 # both embedded models' SAEs ship in the repository (`saegeo train-saes` rebuilds them), and
 # for SmolLM2 a second seed of the same recipe that the demo's universality comparison uses
 MODELS = ["smollm2", "gemma3-270m"]
-SETS = {"smollm2": "smollm2", "gemma3-270m": "gemma3-270m", "smollm2-seed1": "smollm2"}
+SETS = {"smollm2": "smollm2", "gemma3-270m": "gemma3-270m", "smollm2-seed1": "smollm2",
+        "smollm2-w2048": "smollm2"}
 
 
 def _folders(sae_set: str) -> list[Path]:
@@ -33,9 +34,9 @@ def test_every_shipped_set_is_tested_here():
 
 
 def test_the_variants_differ_from_smollm2s_set_only_as_named():
-    """Same text and recipe; the seed set differs in its seed only."""
+    """Same text and recipe; the seed set differs in its seed only, the width set in its width."""
     base = _record(_folders("smollm2")[0])["training"]["config"]
-    for sae_set, field, value in (("smollm2-seed1", "seed", 1),):
+    for sae_set, field, value in (("smollm2-seed1", "seed", 1), ("smollm2-w2048", "width", 2048)):
         cfg = _record(_folders(sae_set)[0])["training"]["config"]
         assert cfg[field] == value
         assert cfg.get("split_seed", 0) == base.get("split_seed", base["seed"]) == 0
