@@ -96,12 +96,12 @@ def _connect(ray, rs: RaySettings) -> bool:
     if rs.workers and not rs.gpus_per_worker:
         local["num_cpus"] = max(1, int(rs.workers * rs.cpus_per_worker + 0.999))
     if rs.address == "local":
-        ray.init(address="local", **local)
+        _start_local(ray, local)
     elif rs.address == "auto":
         try:
             ray.init(address="auto", log_to_driver=False)
         except ConnectionError:          # no cluster running: this machine is the cluster
-            ray.init(address="local", **local)
+            _start_local(ray, local)
     else:
         _reachable(rs.address)
         try:
@@ -109,6 +109,22 @@ def _connect(ray, rs: RaySettings) -> bool:
         except (ConnectionError, RuntimeError) as e:
             raise PrecomputeError(f"cannot join the Ray cluster at {rs.address}: {str(e).splitlines()[0]}") from None
     return True
+
+
+def _start_local(ray, kw: dict, tries: int = 3) -> None:
+    """A new cluster on this machine. Ray gives its raylet a fixed 30 s to register, which a
+    machine busy with other work can miss: start again rather than fail the run."""
+    for attempt in range(tries):
+        try:
+            ray.init(address="local", **kw)
+            return
+        except Exception as e:
+            if "timed out during startup" not in str(e):
+                raise
+            ray.shutdown()
+            if attempt == tries - 1:
+                raise PrecomputeError(f"the local Ray cluster did not start ({tries} tries of Ray's 30 s; is the "
+                                      f"machine overloaded?): {str(e).splitlines()[0]}") from None
 
 
 class ShardWorker:
@@ -140,6 +156,9 @@ class ShardWorker:
                 time.sleep(0.05)
         return shard_statistics(self.cfg, self.lm, self.saes, thresholds, piece)
 
+    def ready(self) -> str:
+        return str(self.lm.device)
+
 
 def _on_cpu(s):
     """The SAE as it travels: on the CPU, whatever device the driver holds it on."""
@@ -162,24 +181,33 @@ def _sizes(ray, rs: RaySettings, n_shards: int) -> tuple[int, float]:
 
 
 def run_shards(cfg, lm, saes, thresholds: dict, todo: list[int], make_input: Callable[[int], object],
-               finished: Callable[[dict], None]) -> None:
+               finished: Callable[[dict], None]) -> dict:
     """Compute the shards ``todo`` on Ray; ``finished(partial)`` is called in the driver for
-    each, as it arrives (it saves it). Returns when all are done; raises ``PrecomputeError``
-    when one fails for good (the finished ones stay saved for ``--resume``)."""
+    each, as it arrives (it saves it). Returns when all are done, with the number of workers
+    and the seconds spent starting them and computing; raises ``PrecomputeError`` when a
+    worker cannot start or a shard fails for good (the finished ones stay saved for ``--resume``)."""
     ray = _import_ray()
     rs: RaySettings = cfg.ray
     started = _connect(ray, rs)
+    t0 = time.perf_counter()
     try:
         n, gpus = _sizes(ray, rs, len(todo))
         Worker = ray.remote(ShardWorker).options(
             num_cpus=rs.cpus_per_worker, num_gpus=gpus, max_restarts=rs.max_retries,
             max_task_retries=rs.max_retries)
         dtype = str(lm.dtype).removeprefix("torch.")     # the driver's precision, recorded in the manifest
+        # held until the end: a restarted worker reads its SAEs from this object again
         saes_ref = ray.put([_on_cpu(s) for s in saes])
         actors = [Worker.remote(cfg, saes_ref, dtype, os.environ.get(HOOK_ENV)) for _ in range(n)]
+        try:   # a worker that cannot load the model (missing on its machine, no memory) says so here
+            devices = ray.get([a.ready.remote() for a in actors])
+        except ray.exceptions.RayError as e:
+            raise PrecomputeError(f"a Ray worker could not start ({type(e).__name__}: {_first_line(e)})") from None
+        t_ready = time.perf_counter()
         if cfg.progress:
-            print(f"[saegeo precompute] statistics on Ray: {len(todo)} shards, {n} workers "
-                  f"({'%g GPU' % gpus if gpus else '%g CPU' % rs.cpus_per_worker} each)", file=sys.stderr, flush=True)
+            print(f"[saegeo precompute] statistics on Ray: {len(todo)} shards, {n} workers on "
+                  f"{', '.join(sorted(set(devices)))} ({'%g GPU' % gpus if gpus else '%g CPU' % rs.cpus_per_worker} "
+                  f"each), ready in {t_ready - t0:.0f} s", file=sys.stderr, flush=True)
         queue, idle, running = deque(todo), list(actors), {}
         while queue or running:
             while queue and idle:
@@ -195,6 +223,7 @@ def run_shards(cfg, lm, saes, thresholds: dict, todo: list[int], make_input: Cal
                     f"finished so far are saved: run the same command with --resume") from None
             finished(partial)
             idle.append(actor)
+        return {"workers": n, "start_s": t_ready - t0, "shards_s": time.perf_counter() - t_ready}
     finally:
         if started:
             ray.shutdown()
