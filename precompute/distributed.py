@@ -82,10 +82,12 @@ def _reachable(address: str) -> None:
 
 
 def check(rs: RaySettings) -> None:
-    """What can be refused before the model loads: ray missing, an address nobody serves."""
-    _import_ray()
-    if rs.address not in ("auto", "local"):
-        _reachable(rs.address)
+    """What can be refused before the model loads: ray missing, a cluster address that does
+    not answer as a Ray cluster (joined once and left: the run joins again when its shards
+    are ready)."""
+    ray = _import_ray()
+    if rs.address not in ("auto", "local") and _connect(ray, rs):
+        ray.shutdown()
 
 
 def _connect(ray, rs: RaySettings) -> bool:

@@ -44,8 +44,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def assert_same_atlas(a: Path, b: Path) -> None:
-    """Every file byte-identical (sha256 of what is on disk), the manifest equal but for HOW."""
+def assert_same_atlas(a: Path, b: Path, how: set = HOW) -> None:
+    """Every file byte-identical (sha256 of what is on disk), the manifest equal but for ``how``."""
     def files(root):
         return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
                 for p in sorted(root.rglob("*")) if p.is_file() and p.name != "manifest.json"}
@@ -54,7 +54,7 @@ def assert_same_atlas(a: Path, b: Path) -> None:
     assert [rel for rel in fa if fa[rel] != fb[rel]] == []
     def what(root):
         flat = _flat(json.loads((root / "manifest.json").read_text()))
-        return {k: v for k, v in flat.items() if not any(k == h or k.startswith(h + ".") for h in HOW)}
+        return {k: v for k, v in flat.items() if not any(k == h or k.startswith(h + ".") for h in how)}
     assert what(a) == what(b)
 
 
@@ -98,6 +98,12 @@ def test_two_workers_give_the_single_process_atlas(reference, tmp_path, monkeypa
     assert len({pid for _, pid in started} - {os.getpid()}) == 2           # on two workers, not here
     m = json.loads((out / "manifest.json").read_text())["configs"]["precompute"]
     assert m["shard_batches"] == 2 and m["ray"]["address"] == "local" and m["ray"]["workers"] == 2
+
+
+def test_the_shard_size_does_not_change_the_atlas(reference, tmp_path):
+    # 3 shards of 5, 5 and 2 batches instead of 6 of 2, in one process: the merge is exact
+    out = run_precompute(PrecomputeConfig(**{**RUN, "shard_batches": 5}, out=tmp_path / "atlas"))
+    assert_same_atlas(reference, out, HOW | {"configs.precompute.shard_batches"})
 
 
 def test_a_worker_killed_mid_shard_is_retried_and_the_atlas_is_unchanged(reference, tmp_path, monkeypatch):
@@ -177,7 +183,7 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 def _end(procs: list[psutil.Process]) -> None:
     """Kill, by pid, the processes of ours still alive a while after their parent died."""
-    deadline = time.time() + 20
+    deadline = time.time() + 10
     while [p for p in procs if p.is_running()] and time.time() < deadline:
         time.sleep(0.5)
     left = []
@@ -187,7 +193,7 @@ def _end(procs: list[psutil.Process]) -> None:
             left.append(p.pid)
         except psutil.Error:
             pass
-    print(f"processes of the killed driver still alive after 20 s: {left}", file=sys.stderr)
+    print(f"processes of the killed driver still alive after 10 s: {left}", file=sys.stderr)
 
 
 def test_bad_ray_settings_are_refused_before_the_model_loads(tmp_path, monkeypatch):
