@@ -622,17 +622,22 @@ def shard_statistics(cfg: PrecomputeConfig, lm: LoadedModel, saes: list[LoadedSA
             "ev": {L: ev.state() for L, ev in evs.items()}}
 
 
-# A shard's dense co-occurrence is an F x F float32 matrix (1 GiB at 16k features) that is
-# mostly zeros over a few hundred blocks: it travels and is stored as a sparse tensor.
+# A shard's dense co-occurrence is an F x F matrix (1 GiB at 16k features), mostly zeros when
+# the features are many and the shard's blocks few: then it travels and is stored as a sparse
+# tensor. A sparse entry costs 20 bytes (two int64 indices, the value) against 4 dense.
 _DENSE = ("cooc_f32", "cooc_i64")
 
 
+def _compact(t: torch.Tensor | None):
+    return t.to_sparse() if t is not None and 5 * int(torch.count_nonzero(t)) < t.numel() else t
+
+
 def _pack(state: dict) -> dict:
-    return {k: (v.to_sparse() if k in _DENSE and v is not None else v) for k, v in state.items()}
+    return {k: (_compact(v) if k in _DENSE else v) for k, v in state.items()}
 
 
 def _unpack(state: dict) -> dict:
-    return {k: (v.to_dense() if k in _DENSE and v is not None else v) for k, v in state.items()}
+    return {k: (v.to_dense() if k in _DENSE and v is not None and v.is_sparse else v) for k, v in state.items()}
 
 
 def shard_path(work: Path, s: int) -> Path:
