@@ -583,8 +583,9 @@ def shard_statistics(cfg: PrecomputeConfig, lm: LoadedModel, saes: list[LoadedSA
     """The partial statistics of one shard (``{"shard", "tokens", "layers", "ev"}``, CPU
     tensors): every batch through the model, each SAE, LayerStats and explained variance.
 
-    ``resume``/``checkpoint(batch, state)`` continue a shard from, and save, a state taken
-    between two batches (the single-process path checkpoints inside long shards).
+    ``resume`` continues a shard from a state taken between two batches; after every batch but
+    the last, ``checkpoint(batches done, tokens done, state())`` may save one (the
+    single-process path checkpoints inside long shards; the Ray workers do not).
     """
     tc, hooks = piece.corpus, [s.hook for s in saes]
     stats = new_layer_stats(cfg, saes, thresholds, tc.subsets, _vocab(lm), lm.device)
