@@ -112,6 +112,7 @@ def precompute(
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing atlas at --out.")] = False,
     latent: Annotated[Optional[bool], typer.Option("--latent/--no-latent", help="Also capture the layer-wise latent geometry (raw activations of every layer; default: on in the demo profile).")] = None,
+    ray: Annotated[Optional[str], typer.Option(help="Run the statistics pass on Ray: 'auto' (the running cluster, else a local one), 'local', or a cluster address HOST:PORT; the atlas is the one a run without Ray writes. Needs saegeo[ray].")] = None,
 ):
     """Run a model and its SAEs over a corpus and write an atlas (statistics + geometry).
 
@@ -130,7 +131,7 @@ def precompute(
         _fail(f"unknown profile {fields['profile']!r}; choose one of {', '.join(PROFILES)}")
     given = {"model": model, "corpus": corpus, "device": device, "dtype": dtype, "threads": threads, "latent": latent,
              "max_tokens": max_tokens, "max_docs": max_docs, "seq_len": seq_len, "block_size": block_size,
-             "threshold": threshold, "saes": sae or None, "out": out}
+             "threshold": threshold, "saes": sae or None, "out": out, "ray": ray}
     fields.update({k: v for k, v in given.items() if v is not None})
     if resume:
         fields["resume"] = True

@@ -1,4 +1,4 @@
-"""The statistics pass on a Ray cluster (``saegeo precompute --set ray=auto|local|ADDRESS``).
+"""The statistics pass on a Ray cluster (``saegeo precompute --ray auto|local|ADDRESS``).
 
 What is distributed: stage 3 of ``precompute.pipeline``, the expensive per-token part (model
 forward, SAE encode, ``LayerStats.update``). The pipeline cuts it into shards of
@@ -78,7 +78,7 @@ def _reachable(address: str) -> None:
         raise PrecomputeError(f"bad Ray address {address!r}: use auto, local, HOST:PORT or ray://HOST:PORT") from None
     except OSError as e:
         raise PrecomputeError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}; start it with "
-                              f"`ray start --head` there, or use ray=local") from None
+                              f"`ray start --head` there, or use `--ray local` (a cluster on this machine)") from None
 
 
 def check(rs: RaySettings) -> None:

@@ -213,3 +213,17 @@ def test_bad_ray_settings_are_refused_before_the_model_loads(tmp_path, monkeypat
     with pytest.raises(ValueError, match="workers"):
         PrecomputeConfig(**RUN, out=tmp_path / "c", ray={"address": "local", "workers": 0})
     assert not list(tmp_path.iterdir())
+
+
+def test_the_ray_option_reaches_the_settings(tmp_path):
+    # `saegeo precompute --ray ADDRESS` is `ray=ADDRESS`: the resolved settings say so, and an
+    # explicit address that no Ray cluster answers at is refused before any model loads
+    cmd = [sys.executable, "-m", "app.cli", "precompute", "--profile", "tiny", "--print-config"]
+    out = subprocess.run([*cmd, "--ray", "local"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["ray"]["address"] == "local"
+    bad = subprocess.run([*cmd[:-1], "--out", str(tmp_path / "atlas"), "--ray", "127.0.0.1:9"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "cannot reach the Ray cluster at 127.0.0.1:9" in bad.stderr, bad.stderr[-2000:]
+    assert "--ray local" in bad.stderr and "Traceback" not in bad.stderr
+    assert not any(tmp_path.iterdir())       # refused before anything was written
