@@ -120,8 +120,11 @@ def _language_reference() -> Iterator[str]:
 def _distributions():
     from importlib import metadata
 
+    # the installation's own package folders, not sys.path: sys.path changes at run time (importing
+    # ray puts its bundled packages on it), and the corpus must not change with it
+    paths = list(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
     seen, dists = set(), []
-    for d in metadata.distributions():
+    for d in metadata.distributions(path=paths):
         name = (d.metadata.get("Name") or "").lower()
         if name and name not in seen:
             seen.add(name)

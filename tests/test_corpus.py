@@ -29,6 +29,24 @@ def test_embedded_corpus_interleaves_every_subset_deterministically():
     assert len(ref) > 100
 
 
+def test_embedded_corpus_ignores_packages_put_on_sys_path_at_run_time(tmp_path, monkeypatch):
+    # importing ray puts its bundled packages on sys.path; the held-back documents on which the
+    # shipped SAEs were measured shifted with it (a package's description joined the corpus)
+    def package_docs():
+        return [d.text for d in itertools.islice(open_corpus("default"), 3000) if d.subset == "package_docs"]
+
+    before = package_docs()
+    meta = tmp_path / "aaa_extra-1.0.dist-info"
+    meta.mkdir()
+    (meta / "METADATA").write_text("Metadata-Version: 2.1\nName: aaa-extra\nVersion: 1.0\n\n"
+                                   + "A package on sys.path only. " * 40)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from importlib import metadata
+
+    assert "aaa-extra" in {d.metadata["Name"] for d in metadata.distributions()}   # findable on sys.path
+    assert package_docs() == before
+
+
 def test_jsonl_subset_field_dotted_and_pile_default(tmp_path):
     rows = [{"text": f"doc {i}", "meta": {"pile_set_name": s}} for i, s in enumerate(["Github", "Wiki", "Github"])]
     f = tmp_path / "pile.jsonl"

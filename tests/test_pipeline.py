@@ -108,9 +108,12 @@ def _same_raw(a: Path, b: Path):
 
 
 def test_sigkill_then_resume_gives_identical_counts(tmp_path):
-    ref = run_precompute(PrecomputeConfig(**MICRO, out=tmp_path / "ref"))
+    # three shards of two batches: the pass leaves something to resume from (a checkpoint
+    # inside a shard, or saved shards) for longer than one shard's few batches
+    run = {**MICRO, "shard_batches": 2}
+    ref = run_precompute(PrecomputeConfig(**run, out=tmp_path / "ref"))
     out = tmp_path / "killed"
-    cfg = json.dumps({**MICRO, "out": str(out)})
+    cfg = json.dumps({**run, "out": str(out)})
     code = ("import json, sys; from precompute.pipeline import PrecomputeConfig, run_precompute; "
             "run_precompute(PrecomputeConfig(**json.loads(sys.argv[1])))")
     proc = subprocess.Popen([sys.executable, "-c", code, cfg], cwd=REPO, stdout=subprocess.DEVNULL,
@@ -118,8 +121,9 @@ def test_sigkill_then_resume_gives_identical_counts(tmp_path):
     work = out.with_name("killed.partial")
     deadline = time.time() + 300
     try:   # kill in the middle of the statistics pass, after the SAE was trained and saved
-        while not (work / "stats.pt").exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
+        while not ((work / "stats.pt").exists() or any(work.glob("shards/*.pt"))) and proc.poll() is None \
+                and time.time() < deadline:
+            time.sleep(0.01)
         assert proc.poll() is None, "the run finished before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -128,7 +132,7 @@ def test_sigkill_then_resume_gives_identical_counts(tmp_path):
             proc.kill()
     assert not out.exists()                                  # nothing that looks like an atlas
     assert (work / "saes" / "1" / "cfg.json").is_file()
-    resumed = run_precompute(PrecomputeConfig(**MICRO, out=out, resume=True))
+    resumed = run_precompute(PrecomputeConfig(**run, out=out, resume=True))
     _same_raw(ref, resumed)
     assert not work.exists()
 
