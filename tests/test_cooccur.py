@@ -262,22 +262,17 @@ def test_batching_does_not_change_results():
     results_equal(run(docs, batch_size=1, **kw), run(docs, batch_size=17, **kw))
 
 
-def test_float32_fold_is_exact():
+def test_float32_fold_is_exact(monkeypatch):
     """Force the dense float32 partial sums to be folded into int64 mid-run."""
     import precompute.cooccur as cc
     docs = random_docs(4, n_docs=10)
     ref = run(docs, threshold=0.5, block_size=4).cooc
-    old = cc._F32_EXACT
-    cc._F32_EXACT = 7
-    try:
-        st = LayerStats(20, ["x", "y", "z"], VOCAB, threshold=0.5, block_size=4,
-                        cooc_chunk_blocks=3)
-        for b in batches(docs, 2):
-            st.update(**b)
-        assert st.cooc_i64 is not None
-        np.testing.assert_array_equal(dense(st.finalize().cooc), dense(ref))
-    finally:
-        cc._F32_EXACT = old
+    monkeypatch.setattr(cc, "_F32_EXACT", 7)
+    st = LayerStats(20, ["x", "y", "z"], VOCAB, threshold=0.5, block_size=4, cooc_chunk_blocks=3)
+    for b in batches(docs, 2):
+        st.update(**b)
+    assert st.cooc_i64 is not None
+    np.testing.assert_array_equal(dense(st.finalize().cooc), dense(ref))
 
 
 def test_histogram_edges_are_closed_left_and_open_ended():
@@ -444,21 +439,17 @@ def test_merging_the_partials_of_a_split_stream_equals_the_unsplit_stream(dense_
     results_equal(ref, first.finalize())
 
 
-def test_merge_folds_float32_sums_before_they_could_round():
+def test_merge_folds_float32_sums_before_they_could_round(monkeypatch):
     import precompute.cooccur as cc
     docs = random_docs(6, n_docs=12)
     ref = run(docs, threshold=0.5, block_size=4).cooc
-    old = cc._F32_EXACT
-    cc._F32_EXACT = 9
-    try:
-        make = lambda: LayerStats(20, ["x", "y", "z"], VOCAB, threshold=0.5, block_size=4)  # noqa: E731
-        merged = make()
-        for a in range(0, 12, 4):
-            merged.merge(_fed(docs[a:a + 4], 2, make))
-        assert merged.cooc_i64 is not None
-        np.testing.assert_array_equal(dense(merged.finalize().cooc), dense(ref))
-    finally:
-        cc._F32_EXACT = old
+    monkeypatch.setattr(cc, "_F32_EXACT", 9)
+    make = lambda: LayerStats(20, ["x", "y", "z"], VOCAB, threshold=0.5, block_size=4)  # noqa: E731
+    merged = make()
+    for a in range(0, 12, 4):
+        merged.merge(_fed(docs[a:a + 4], 2, make))
+    assert merged.cooc_i64 is not None
+    np.testing.assert_array_equal(dense(merged.finalize().cooc), dense(ref))
 
 
 def test_merge_keeps_token_counts_and_refuses_other_settings():
