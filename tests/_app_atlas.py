@@ -314,3 +314,63 @@ def comparison_root(request, tmp_path_factory) -> Path:
         (root / "broken.tmp" / "manifest.json").write_text(json.dumps(m))
         (root / "broken.tmp").rename(root / "broken")
     return root
+
+
+def build_wide_atlas(path: Path, widths: tuple[int, ...] = (262_144,), seed: int = 0) -> Path:
+    """An atlas of one wide layer per width (layer i has ``widths[i]`` features), written
+    straight through AtlasWriter in seconds, for the explorer at scale.
+
+    Only what the cloud, the card and the search read: PCA coordinates (64 Gaussian blobs of
+    power-law sizes, so the density has structure), firing counts (log-normal; the blob is
+    its k=64 lobe, pairs of blobs its k=16 lobe... as lobes_phi.npy rows), a unique top token
+    per feature (``t<id>``: a search for it finds exactly that feature), the ten nearest
+    neighbours by coordinates (``neighbors.npy``, cosine stand-in ``1 - distance``) and a small
+    decoder (d = 8). analysis.synthetic builds a dense blocks x features matrix, which does
+    not fit at these widths.
+    """
+    from scipy.spatial import cKDTree
+
+    from analysis.atlas import CorpusInfo, LayerFiles, LayerInfo, Manifest, ModelInfo, SAEInfo
+
+    rng = np.random.default_rng(seed)
+    d, n_tokens = 8, 1_000_000
+    manifest = Manifest(
+        title="wide synthetic layers (explorer at scale)", synthetic=True,
+        model=ModelInfo(name="synthetic", source="tests._app_atlas", d_model=d, n_layers=len(widths)),
+        corpus=CorpusInfo(name="synthetic", n_tokens=n_tokens),
+        layers=[LayerInfo(layer=L, sae=SAEInfo(source="synthetic", width=F, d_in=d, architecture="synthetic"),
+                          n_tokens=n_tokens, computed=["stats"]) for L, F in enumerate(widths)],
+        notes=["Synthetic wide layers for the explorer's level of detail, not measurements of a model."])
+    with AtlasWriter(path, manifest, overwrite=True) as w:
+        for L, F in enumerate(widths):
+            f = LayerFiles(L)
+            n_blobs = 64
+            share = 1.0 / np.arange(1, n_blobs + 1) ** 0.8
+            blob = rng.choice(n_blobs, size=F, p=share / share.sum()).astype(np.int16)
+            centres = rng.normal(size=(n_blobs, 3)) * 4.0
+            xyz = (centres[blob] + rng.normal(size=(F, 3)) * rng.uniform(0.3, 1.2, n_blobs)[blob, None])
+            xyz = xyz.astype(np.float32)
+            w.put_array(f.coords_pca, xyz)
+            counts = np.floor(rng.lognormal(3.0, 1.5, F)).astype(np.int64)
+            counts[rng.choice(F, F // 200, replace=False)] = 0   # dead features
+            w.put_array(f.fire_count, counts)
+            w.put_array(f.lobes("phi"), np.stack([blob // 16, blob // 4, blob]).astype(np.int16))
+            W = np.concatenate([xyz, rng.normal(size=(F, d - 3)).astype(np.float32) * 0.1], axis=1)
+            w.put_array(f.decoder, W)
+            dist, nb = cKDTree(xyz).query(xyz, k=11)
+            w.put_array(f.neighbors, nb[:, 1:].astype(np.int32))
+            w.put_array(f.neighbors_cos, (1 - dist[:, 1:] / max(dist.max(), 1e-9)).astype(np.float32))
+            ids = np.arange(F, dtype=np.int32)
+            w.put_table(f.top_tokens, pd.DataFrame({
+                "feature": ids, "rank": np.zeros(F, np.int16), "token": np.char.add("t", ids.astype(str)),
+                "count": counts}))
+    return Path(path)
+
+
+def wide_atlas_root(tmp_path_factory, width: int = 262_144) -> Path:
+    """A folder holding atlas ``wide`` (layer 0: ``width`` features), built once per session."""
+    root = tmp_path_factory.getbasetemp() / f"wide-atlas-{width}"
+    if not (root / "wide" / "manifest.json").is_file():
+        root.mkdir(exist_ok=True)
+        build_wide_atlas(root / "wide", (width,))
+    return root

@@ -245,7 +245,7 @@ def test_the_geometry_stage_output_is_served(tmp_path):
     st, notes = resolve(ViewState(atlas="staged", layer=0, layout="umap", f=5, q=0.5), store)
     assert st.layout == "pca" and str(st.coloring) == "lobe:phi:4" and len(notes) == 1
     fig, legend = cloud.figure(store, st)
-    assert len(fig.data) == 5 and len(legend) >= 4
+    assert len(fig.data) == 7 and len(legend) >= 4
     assert card.render(store, st)[0].children == "Feature 5"
     assert "AMI vs geometry" in panels.lobes_panel(store, st)[0].children
     assert panels.spectra_figure(store, st) is not None

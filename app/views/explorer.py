@@ -566,21 +566,13 @@ def _fly(store: AtlasStore, st: ViewState, prev: dict | None, fresh: bool) -> Vi
 
 
 def _clicked_feature(store: AtlasStore, st: ViewState, click) -> int:
-    """The feature id of a click on the cloud.
-
-    The id comes from the point's index (no customdata needed on the wire): trace 0 holds
-    every feature in order, trace 2 the selected feature then its neighbors.
-    """
+    """The feature id of a click on the cloud (a point, a density cell, a neighbor marker:
+    app.views.cloud.clicked_feature)."""
     pt = ((click or {}).get("points") or [{}])[0]
-    curve, idx = pt.get("curveNumber"), pt.get("pointNumber")
-    if curve == 0 and isinstance(idx, int):
-        return idx
-    if curve == 2 and isinstance(idx, int) and st.feature is not None:
-        nb, _ = store.neighbors(st.atlas, st.layer, st.feature, cloud.N_NEIGHBORS)
-        pts = [st.feature, *map(int, nb)]
-        if idx < len(pts):
-            return pts[idx]
-    raise PreventUpdate
+    f = cloud.clicked_feature(store, st, pt)
+    if f is None:
+        raise PreventUpdate
+    return f
 
 
 def _controls(store: AtlasStore, st: ViewState) -> dict:
