@@ -3,9 +3,12 @@
     app = create_app(Path("atlases/"))        # an ASGI app; or
     serve(Path("atlases/"), "127.0.0.1", 8050)
 
-The Dash app is a Flask (WSGI) application; it is mounted inside the FastAPI (ASGI) app
-through a2wsgi's ``WSGIMiddleware``. The server serves the atlases found directly inside
-``atlas_dir`` read-only and nothing else. It never imports torch.
+The Dash app runs on Dash's FastAPI backend: its routes (the page, its layout and
+``/_dash-update-component``) are added to the same FastAPI app as the JSON API, so a callback
+is served like any route, on the worker's event loop, with no WSGI bridge between them (the
+bridge handed every request to a thread and every read and write back across threads: about a
+third of the server's CPU under load, docs/api.md). The server serves the atlases found directly
+inside ``atlas_dir`` read-only and nothing else. It never imports torch.
 
 ``serve(..., workers=N)`` runs N worker processes (uvicorn's supervisor) listening on the
 same socket: Python runs one thread at a time per process, so one process uses one core
@@ -21,13 +24,22 @@ import socket
 import sys
 from pathlib import Path
 
-from a2wsgi import WSGIMiddleware
+from dash.exceptions import DependencyException
 from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+
+import plotly.io.json
 
 from app import api
 from app.api import errors, health
 from app.data import AtlasStore
 from app.views.explorer import make_dash
+
+# Dash serialises callback answers with plotly's JSON engine, which switches to orjson whenever
+# that is installed; plotly's orjson path first rebuilds the whole answer in Python and served a
+# page callback in 5.3 ms of CPU against 3.7 ms with the standard library's encoder (bench/
+# bench_page_load.py). Pinned, so that the speed does not depend on what else is installed.
+plotly.io.json.config.default_engine = "json"
 
 
 def create_app(atlas_dir: Path, banner: str | None = None, verify: str = "checksum") -> FastAPI:
@@ -45,9 +57,9 @@ def create_app(atlas_dir: Path, banner: str | None = None, verify: str = "checks
     errors.install(app)
     app.include_router(health.router)
     app.include_router(api.router)
-    dash_app = make_dash(store, banner=banner, prefix="/")
-    # Mounted last: the API routes above take precedence over the catch-all "/".
-    app.mount("/", WSGIMiddleware(dash_app.server))
+    dash_app = make_dash(store, app, banner=banner, prefix="/")
+    # A request for a script that is not one of Dash's own is "not found", not a server error.
+    app.add_exception_handler(DependencyException, lambda request, exc: PlainTextResponse("not found", 404))
     app.add_middleware(SecurityHeaders, csp=content_security_policy(dash_app.csp_hashes()))
     return app
 

@@ -171,9 +171,8 @@ def _callback(client, deps: list, output: str, values: dict):
     body = {"output": dep["output"], "outputs": outs, "inputs": fill(dep["inputs"]), "state": fill(dep["state"]),
             "changedPropIds": [f"{r['id']}.{r['property']}" for r in dep["inputs"]]}
     r = client.post("/_dash-update-component", json=body)
-    raw = r.content if isinstance(r, httpx.Response) else r.data   # httpx, or Flask's test client
-    assert r.status_code in (200, 204), (output, r.status_code, raw[:300])
-    return json.loads(raw) if r.status_code == 200 else None
+    assert r.status_code in (200, 204), (output, r.status_code, r.content[:300])
+    return r.json() if r.status_code == 200 else None
 
 
 def test_the_page_callbacks_answer_the_same_from_the_cache_as_computed_afresh(root):
@@ -182,10 +181,12 @@ def test_the_page_callbacks_answer_the_same_from_the_cache_as_computed_afresh(ro
     both equal the answer of an app whose caches are emptied before every request."""
     from app.data import LRUBytes as _LRU
     from app.state import ViewState
-    from app.views.explorer import make_dash
+    from fastapi.testclient import TestClient
 
-    ref_store = AtlasStore(root)
-    ref = make_dash(ref_store).server.test_client()
+    from app.server import create_app
+
+    ref_app = create_app(root)
+    ref_store, ref = ref_app.state.store, TestClient(ref_app)
 
     def fresh(output, values):
         ref_store.answers, ref_store.objects = _LRU(), _LRU()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
-from dash.exceptions import DependencyException, PreventUpdate
+from dash.exceptions import PreventUpdate
 
 from app.data import LAYOUTS, AtlasStore, UnknownAtlas, UnknownItem
 from app.queries.features import search
@@ -180,12 +180,12 @@ def page(banner: str | None) -> html.Div:
     ], className="page")
 
 
-def make_dash(store: AtlasStore, banner: str | None = None, prefix: str = "/") -> Dash:
-    app = Dash(__name__, assets_folder=str(STATIC), requests_pathname_prefix=prefix, routes_pathname_prefix=prefix,
-               title="saegeo", update_title=None, suppress_callback_exceptions=True, serve_locally=True)
+def make_dash(store: AtlasStore, server, banner: str | None = None, prefix: str = "/") -> Dash:
+    """The explorer's Dash app, its routes added to the FastAPI app ``server``."""
+    app = Dash(__name__, server=server, assets_folder=str(STATIC), requests_pathname_prefix=prefix,
+               routes_pathname_prefix=prefix, title="saegeo", update_title=None, suppress_callback_exceptions=True,
+               serve_locally=True)
     app.layout = page(banner)
-    # A request for a script that is not one of Dash's own is "not found", not a server error.
-    app.server.register_error_handler(DependencyException, lambda e: ("not found", 404))
 
     # Dict-grouped outputs and inputs: each value is returned and read by name, so no
     # order of the twenty-odd outputs can silently put a value into the wrong control.
