@@ -115,9 +115,21 @@ def default_workers() -> int:
 _ENV = {"atlas_dir": "SAEGEO_SERVE_ATLAS_DIR", "banner": "SAEGEO_SERVE_BANNER"}
 
 
+def preload_in_background() -> None:
+    """Import scikit-learn's side of the analysis (cards' co-occurrence partners, PCA layouts)
+    in a thread once the worker is up: imported at start-up it would delay the page by a second,
+    imported by the first card it stalled every request queued behind that card."""
+    import importlib
+    import threading
+
+    threading.Thread(target=lambda: [importlib.import_module(m) for m in ("analysis.brain", "analysis.layout")],
+                     name="preload", daemon=True).start()
+
+
 def app_from_env() -> FastAPI:
     """The app of one worker process: ``serve`` hands the settings over in the environment
     (uvicorn starts workers from an import string, not from an app object)."""
+    preload_in_background()
     return create_app(Path(os.environ[_ENV["atlas_dir"]]), banner=os.environ.get(_ENV["banner"]) or None)
 
 
@@ -133,6 +145,7 @@ def serve(atlas_dir: Path, host: str = "127.0.0.1", port: int = 8050, banner: st
               f"and every atlas in {atlas_dir} (there is no login); serve on 127.0.0.1 unless that is intended",
               file=sys.stderr, flush=True)
     if workers == 1:
+        preload_in_background()
         uvicorn.run(create_app(Path(atlas_dir), banner=banner), host=host, port=port, log_level=log_level)
         return
     from uvicorn.supervisors import Multiprocess

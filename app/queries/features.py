@@ -8,7 +8,7 @@ import numpy as np
 from analysis.atlas import LayerFiles
 from app.data import AtlasStore
 from app.models import CoocPartner, Context, FeatureCard, Histogram, LobeOf, Neighbor, SearchHit, TopToken
-from app.queries.layers import crystal
+from app.queries.layers import crystal, records
 
 _NEURONPEDIA_ID = re.compile(r"[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+")
 
@@ -36,7 +36,7 @@ def feature_card(store: AtlasStore, atlas: str, layer: int, feature: int, k: int
     crystals = None
     hit = store.crystals_of(atlas, layer, feature)
     if hit is not None:
-        crystals = [crystal(i, r) for i, r in hit.head(20).iterrows()]
+        crystals = [crystal(i, r) for i, r in records(hit.head(20))]
     lobes = [LobeOf(affinity=aff, k=kk, lobe=int(store.lobes(atlas, layer, aff, kk)[feature]))
              for aff, ks in store.lobe_options(atlas, layer).items() for kk in ks]
     partners = store.cooc_partners(atlas, layer, feature)
@@ -47,9 +47,9 @@ def feature_card(store: AtlasStore, atlas: str, layer: int, feature: int, k: int
         neighbors=[Neighbor(feature=int(i), cos=round(float(c), 4)) for i, c in zip(idx, cos)],
         contexts=[] if ctx is None else [
             Context(rank=int(r["rank"]), value=float(r["value"]), doc=int(r["doc"]), subset=str(r["subset"]),
-                    tokens=[str(t) for t in r["tokens"]], peak=int(r["peak"])) for _, r in ctx.iterrows()],
+                    tokens=[str(t) for t in r["tokens"]], peak=int(r["peak"])) for _, r in records(ctx)],
         top_tokens=[] if toks is None else [TopToken(token=str(r["token"]), count=int(r["count"]))
-                                             for _, r in toks.iterrows()],
+                                             for _, r in records(toks)],
         cooc_partners=None if partners is None else [CoocPartner(**x) for x in partners],
         crystals=crystals, act_hist=hist, lobes=lobes,
         neuronpedia=neuronpedia_url(store, atlas, layer, feature),
