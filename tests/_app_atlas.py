@@ -367,10 +367,10 @@ def build_wide_atlas(path: Path, widths: tuple[int, ...] = (262_144,), seed: int
     return Path(path)
 
 
-def wide_atlas_root(tmp_path_factory, width: int = 262_144) -> Path:
-    """A folder holding atlas ``wide`` (layer 0: ``width`` features), built once per session."""
-    root = tmp_path_factory.getbasetemp() / f"wide-atlas-{width}"
+def wide_atlas_root(tmp_path_factory, widths: tuple[int, ...] = (262_144,)) -> Path:
+    """A folder holding atlas ``wide`` (layer i: ``widths[i]`` features), built once per session."""
+    root = tmp_path_factory.getbasetemp() / ("wide-atlas-" + "-".join(map(str, widths)))
     if not (root / "wide" / "manifest.json").is_file():
         root.mkdir(exist_ok=True)
-        build_wide_atlas(root / "wide", (width,))
+        build_wide_atlas(root / "wide", widths)
     return root
