@@ -89,6 +89,19 @@ class GeometryConfig(BaseModel):
     crystal_baseline_match: str = "covariance"        # or "norms"
     crystal_thresholds: list[float] = Field(default_factory=lambda: list(atom.CRYSTAL_THRESHOLDS))
     lda_shrinkage: str | None = None                   # None = published plain LDA; "auto" = Ledoit-Wolf
+    # wide SAEs (issue 12; analysis/wide.py). Layers with more features than wide_from take
+    # the wide path, in which no F x F array exists: lobes from sparse kNN affinities on the
+    # stored co-occurrence pairs, UMAP fitted on a sample, approximate (IVF) neighbours,
+    # the regression test on a sample of features, crystals skipped. At and below it the
+    # published dense path runs unchanged.
+    wide_from: int = 16384
+    wide_knn: int = 15                 # neighbours per feature of each kNN affinity graph
+    wide_n_init: int = 1               # k-means restarts per k on the sparse embeddings
+    wide_umap_sample: int = 10000      # features UMAP is fitted on
+    wide_umap_extend: str = "interpolate"   # or "transform" (umap's own); bench_wide_memory compares
+    wide_neighbor_probe: int = 8       # IVF cells searched per feature (sqrt(F) cells)
+    wide_regression_sample: int = 20000     # features of the logistic-regression test
+    wide_sample_seed: int = 0
 
 
 # --------------------------------------------------------------------------- one layer
@@ -143,6 +156,85 @@ def compute_brain(W, C, T, config: GeometryConfig, blocks=None, block_subset=Non
         ks=ks, affinities=list(config.affinities), lobe_affinities=[*config.affinities, "geometry"],
         n_features=int(live.size), n_live=int(idx.size), dead=np.flatnonzero(~live).tolist(), n_blocks=int(T),
         results=results)
+    files.update(_lobe_tables(labels, ks, blocks, block_subset, subsets, top_tokens, config, progress))
+    return files
+
+
+def compute_brain_wide(W, C, T, config: GeometryConfig, neighbors: tuple[np.ndarray, np.ndarray],
+                       blocks=None, block_subset=None, subsets: list[str] | None = None,
+                       top_tokens: pd.DataFrame | None = None, progress=None) -> tuple[dict, list[str]]:
+    """compute_brain's files for a layer wider than ``config.wide_from`` (analysis/wide.py).
+
+    ``C`` is a sparse co-occurrence (full or top partners); each co-occurrence affinity is
+    evaluated on its stored pairs and reduced to a ``wide_knn``-nearest-neighbour graph, the
+    geometry affinity is the angular similarity on the decoder-cosine ``neighbors`` (indices,
+    cosines [F, m]); each graph gets one sparse spectral embedding and k-means per k. The
+    AMI test runs on every live feature; the regression test on ``wide_regression_sample``
+    of them (in feature order, so its first-80 % split is the published rule on the sample).
+    Returns ``(files, notes)`` - notes for ``LayerInfo.computed``.
+    """
+    from analysis import wide
+
+    live = ~brain.dead_features(C)
+    idx = np.flatnonzero(live)
+    ks = brain.sweep_ks(idx.size, config.ks)
+    files: dict[str, Any] = {}
+    labels: dict[str, np.ndarray] = {}
+    pos = np.full(live.size, -1, np.int64)
+    pos[idx] = np.arange(idx.size)
+    for name in [*config.affinities, "geometry"]:
+        _notify(progress, f"brain (wide): {name} kNN affinity and clustering ({idx.size} live features, "
+                          f"k <= {max(ks, default=0)})")
+        if name != "geometry":
+            G = wide.knn_graph(wide.pair_affinity(C, T, name, live), config.wide_knn)
+        else:
+            nb, nc = neighbors
+            nb, nc = nb[idx, :config.wide_knn], nc[idx, :config.wide_knn]
+            ok = (nb >= 0) & (pos[np.maximum(nb, 0)] >= 0)      # dead or missing neighbours dropped
+            G = wide.geometry_knn(W, np.where(ok, pos[np.maximum(nb, 0)], 0), np.where(ok, nc, 1.0))
+            G = G.tocsr()
+            G.setdiag(0)                 # fillers pointed at row 0 with cos 1: removed here
+            G.eliminate_zeros()
+        lab = np.full((len(ks), live.size), -1, dtype=np.int16)
+        if ks:
+            lab[:, idx] = wide.sparse_spectral_sweep(G, ks, config.random_state, config.wide_n_init)
+        del G
+        labels[name] = lab
+        files[f"lobes_{name}.npy"] = lab
+    _notify(progress, "brain (wide): AMI and regression tests")
+    rng = np.random.default_rng(config.wide_sample_seed)
+    reg_rows = np.sort(rng.choice(idx.size, size=min(config.wide_regression_sample, idx.size), replace=False))
+    Wl = np.asarray(W, dtype=np.float64)[idx[reg_rows]]
+    results = {}
+    for name in config.affinities:
+        rows = []
+        for row, k in enumerate(ks):
+            ami = brain.ami_test(labels["geometry"][row, idx], labels[name][row, idx],
+                                 config.n_permutations, config.permutation_seed)
+            reg = None
+            if k in config.regression_ks:
+                reg = brain.regression_test(Wl, labels[name][row, idx[reg_rows]], config.n_random,
+                                            config.train_fraction, config.permutation_seed,
+                                            config.regression_max_iter)
+            rows.append({"k": k, "ami": ami, "regression": reg})
+        results[name] = rows
+    files["brain.json"] = Brain(
+        ks=ks, affinities=list(config.affinities), lobe_affinities=[*config.affinities, "geometry"],
+        n_features=int(live.size), n_live=int(idx.size), dead=np.flatnonzero(~live).tolist(), n_blocks=int(T),
+        results=results)
+    files.update(_lobe_tables(labels, ks, blocks, block_subset, subsets, top_tokens, config, progress))
+    notes = [f"wide:brain (sparse {config.wide_knn}-NN affinities on {int(sp_nnz(C))} stored co-occurrence "
+             f"entries; k-means n_init {config.wide_n_init}; regression on {reg_rows.size} sampled features)"]
+    return files, notes
+
+
+def sp_nnz(C) -> int:
+    return int(C.nnz) if hasattr(C, "nnz") else int(np.count_nonzero(C))
+
+
+def _lobe_tables(labels, ks, blocks, block_subset, subsets, top_tokens, config, progress) -> dict:
+    """lobe_subsets.parquet and lobe_tokens.parquet from every affinity's labels."""
+    files: dict[str, Any] = {}
     if blocks is not None and block_subset is not None:
         _notify(progress, "brain: lobe subsets")
         names = list(subsets) if subsets else [str(s) for s in range(int(np.max(block_subset)) + 1)]
@@ -213,9 +305,18 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
     files: dict[str, Any] = {}
     computed: list[str] = []
 
+    wide_layer = W.shape[0] > config.wide_from
     _notify(progress, "layout: PCA" + (" and UMAP" if config.umap else ""))
     layouts = {"coords_pca.npy": (layout.pca_coords(W), False)}
-    if config.umap:
+    if config.umap and wide_layer:
+        from analysis import wide
+
+        layouts["coords_umap.npy"] = (wide.umap_sampled(W, config.wide_umap_sample, config.wide_umap_extend,
+                                                        config.umap_n_neighbors, config.umap_min_dist,
+                                                        config.umap_seed), True)
+        computed.append(f"wide:umap (fitted on {min(config.wide_umap_sample, W.shape[0])} sampled features, "
+                        f"extended by {config.wide_umap_extend})")
+    elif config.umap:
         layouts["coords_umap.npy"] = (layout.umap_coords(W, config.umap_n_neighbors, config.umap_min_dist,
                                                          config.umap_seed), True)
     else:
@@ -229,7 +330,16 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
     _notify(progress, "neighbours")
     crystal_options = _crystal_options(config, W.shape[0])
     n_crystal = crystal_options.get("n_neighbors", 0) if config.crystals else 0
-    nb, nc = layout.neighbors(W, max(config.neighbors_k, n_crystal))
+    if wide_layer:
+        from analysis import wide
+
+        nb, nc = wide.ivf_neighbors(W, max(config.neighbors_k, config.wide_knn), n_probe=config.wide_neighbor_probe,
+                                    random_state=config.wide_sample_seed)
+        recall = wide.neighbor_recall(W, nb[:, :config.neighbors_k], 200, config.wide_sample_seed)
+        computed.append(f"wide:neighbors (approximate, IVF probing {config.wide_neighbor_probe} of "
+                        f"{int(np.sqrt(W.shape[0]))} cells; recall {recall:.3f} on 200 features)")
+    else:
+        nb, nc = layout.neighbors(W, max(config.neighbors_k, n_crystal))
     files["neighbors.npy"], files["neighbors_cos.npy"] = nb[:, :config.neighbors_k], nc[:, :config.neighbors_k]
     computed.append("neighbors")
 
@@ -239,6 +349,11 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
 
     if C is None or T is None:
         computed.append("skipped:brain (no cooc.npz)")
+    elif wide_layer:
+        brain_files, notes = compute_brain_wide(W, C, T, config, (nb, nc), blocks, block_subset, subsets,
+                                                top_tokens, progress)
+        files.update(brain_files)
+        computed += ["brain", *notes]
     elif W.shape[0] > config.max_brain_features:
         computed.append(f"skipped:brain ({W.shape[0]} features > max_brain_features)")
     else:
@@ -248,6 +363,9 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
     atom_json: dict[str, Any] = {}
     if not config.crystals:
         computed.append("skipped:crystals (disabled in config)")
+    elif wide_layer:
+        # the edge-pair search and its baseline draws grow as (F m)^2: hours at 262k
+        computed.append(f"skipped:crystals ({W.shape[0]} features > wide_from {config.wide_from})")
     else:
         _notify(progress, "crystals: search")
         crystals = atom.crystal_search(W, neighbors=nb, **crystal_options)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from analysis import wide as wide_mod
 from analysis.atlas import AtlasWriter, CorpusInfo, LayerFiles, LayerInfo, Manifest, ModelInfo, SAEInfo
 
 SUBSETS = ["code", "math", "prose", "chat", "legal", "science", "news", "web"]
@@ -33,6 +34,11 @@ _VOCAB = {
     "news": ["minister", "election", "market", "reported", "police", "city", "official", "budget", "crisis", "vote"],
     "web": ["click", "login", "cookie", "page", "email", "download", "share", "menu", "home", "search"],
 }
+
+
+# Wider than this, a synthetic layer's presences and co-occurrence are drawn and kept sparse
+# (make_layer); the geometry stage's own threshold is GeometryConfig.wide_from.
+WIDE_FROM = 16384
 
 
 def power_law_directions(rng: np.random.Generator, base: np.ndarray, alpha: float) -> np.ndarray:
@@ -74,8 +80,18 @@ def _plant_crystals(rng, W, n_par, n_trap, ratio, noise):
 def make_layer(rng: np.random.Generator, n_features: int, d_model: int, n_lobes: int, alpha: float,
                n_blocks: int, block_size: int, n_parallelograms: int, n_trapezoids: int,
                trapezoid_ratio: float = 1.6, separation: float = 3.0, p_in: float = 0.35,
-               p_out: float = 0.003, crystal_noise: float = 0.01, subsets: list[str] | None = None) -> dict:
-    """Arrays and tables of one synthetic layer (names as in docs/atlas.md)."""
+               p_out: float = 0.003, crystal_noise: float = 0.01, subsets: list[str] | None = None,
+               wide_presences: tuple[float, float] = (12.0, 0.3), cooc_topk: int = 32) -> dict:
+    """Arrays and tables of one synthetic layer (names as in docs/atlas.md).
+
+    Up to ``WIDE_FROM`` features the block presences are drawn densely (each block, each
+    feature: present with probability ``p_in`` or ``p_out`` times its rate) and ``cooc.npz``
+    is the full ``Bᵀ B``. Wider layers are drawn sparsely: each feature is present in
+    Poisson(``wide_presences[0]`` x rate) random blocks of its lobe's topic and
+    Poisson(``wide_presences[1]`` x rate) random blocks of any topic, and ``cooc.npz`` keeps
+    each feature's ``cooc_topk`` top partners (analysis.wide.top_partners), so no array of
+    size F x F or T x F is ever dense.
+    """
     subsets = subsets or SUBSETS[:n_lobes]
     F, d = n_features, d_model
     lobes = np.sort(rng.integers(0, n_lobes, size=F))
@@ -94,12 +110,18 @@ def make_layer(rng: np.random.Generator, n_features: int, d_model: int, n_lobes:
     rate[dead] = 0.0
     block_subset = rng.integers(0, len(subsets), size=n_blocks).astype(np.int16)
     topic = block_subset % n_lobes
-    p = np.where(lobes[None, :] == topic[:, None], p_in, p_out) * rate[None, :]
-    present = rng.random((n_blocks, F)) < np.clip(p, 0, 1)
-    B = sp.csr_matrix(present, dtype=np.int64)
-    # counts never exceed n_blocks: int32 halves the largest array of a wide layer (at 16k
-    # features nearly every pair co-occurs somewhere, 195 M entries)
-    C = (B.T @ B).tocsr().astype(np.int32)
+    wide = F > WIDE_FROM
+    if wide:
+        present = _sparse_presence(rng, lobes, rate, topic, n_lobes, wide_presences)
+        B = present.astype(np.int64)
+        C = wide_mod.top_partners(present, cooc_topk)
+    else:
+        p = np.where(lobes[None, :] == topic[:, None], p_in, p_out) * rate[None, :]
+        present = rng.random((n_blocks, F)) < np.clip(p, 0, 1)
+        B = sp.csr_matrix(present, dtype=np.int64)
+        # counts never exceed n_blocks: int32 halves the largest array of a wide layer (at 16k
+        # features nearly every pair co-occurs somewhere, 195 M entries)
+        C = (B.T @ B).tocsr().astype(np.int32)
     tokens_per_presence = 1 + rng.poisson(3.0, size=F)
     block_count = np.asarray(B.sum(0)).ravel()
     fire_count = (block_count * tokens_per_presence).astype(np.int64)
@@ -115,8 +137,70 @@ def make_layer(rng: np.random.Generator, n_features: int, d_model: int, n_lobes:
     w = np.exp(-0.5 * ((mids[None, :] - centres_h[:, None]) / 0.25) ** 2)
     act_hist = np.floor(w / w.sum(1, keepdims=True) * fire_count[:, None]).astype(np.int64)
 
-    ctx_rows, tok_rows = [], []
     lobe_vocab = [_VOCAB[subsets[i % S]] for i in range(n_lobes)]
+    if wide:
+        contexts, top_tokens = _wide_tables(rng, lobes, lobe_vocab, scale, fire_count, subsets)
+    else:
+        contexts, top_tokens = _tables(rng, lobes, lobe_vocab, scale, fire_count, subsets)
+    return {
+        "decoder.npy": W, "fire_count.npy": fire_count, "cooc.npz": C, "subset_fire.npy": subset_fire,
+        "blocks.npz": sp.csr_matrix(present), "block_subset.npy": block_subset,
+        "act_hist.npy": act_hist, "act_hist_edges.npy": edges,
+        "contexts.parquet": contexts, "top_tokens.parquet": top_tokens,
+        "planted_lobes.npy": lobes, "planted_crystals.parquet": faces,
+        "planted.json": {"alpha": alpha, "n_lobes": n_lobes, "dead": sorted(int(i) for i in dead),
+                         "trapezoid_ratio": trapezoid_ratio},
+        "_n_tokens": int(n_blocks * block_size), "_n_blocks": int(n_blocks), "_subsets": subsets,
+    }
+
+
+def _sparse_presence(rng, lobes, rate, topic, n_lobes, presences) -> sp.csr_matrix:
+    """Bool CSR [T, F] block presences of a wide layer (see make_layer)."""
+    F, T = lobes.size, topic.size
+    by_topic = np.argsort(topic, kind="stable")
+    start = np.searchsorted(topic[by_topic], np.arange(n_lobes))
+    size = np.bincount(topic, minlength=n_lobes)
+    n_in = rng.poisson(presences[0] * rate)
+    n_in[size[lobes] == 0] = 0
+    n_out = rng.poisson(presences[1] * rate)
+    f_in = np.repeat(np.arange(F), n_in)
+    lob = lobes[f_in]
+    b_in = by_topic[start[lob] + (rng.random(f_in.size) * size[lob]).astype(np.int64)]
+    f_out = np.repeat(np.arange(F), n_out)
+    b_out = rng.integers(0, T, size=f_out.size)
+    rows, cols = np.concatenate([b_in, b_out]), np.concatenate([f_in, f_out])
+    P = sp.csr_matrix((np.ones(rows.size, np.int8), (rows, cols)), shape=(T, F))
+    P.sum_duplicates()                  # a block drawn twice for a feature is one presence
+    P.data[:] = 1
+    return P.astype(bool)
+
+
+def _wide_tables(rng, lobes, lobe_vocab, scale, fire_count, subsets):
+    """contexts and top_tokens tables as ``_tables``, drawn vectorised (same layout)."""
+    F, S = lobes.size, len(subsets)
+    vocab = np.array(lobe_vocab, dtype=object)                 # [n_lobes, 10]
+    V = vocab.shape[1]
+    f = np.repeat(np.arange(F), 3)
+    rank = np.tile(np.arange(3), F)
+    words = rng.integers(0, V, size=(f.size, 9))
+    words[:, 4] = f % V
+    toks = vocab[lobes[f][:, None], words].tolist()
+    names = np.array(subsets, dtype=object)
+    contexts = pd.DataFrame({"feature": f, "rank": rank, "value": scale[f] * (3 - rank), "doc": f * 3 + rank,
+                             "subset": names[lobes[f] % S], "tokens": toks, "peak": 4}).astype(
+        {"feature": "int32", "rank": "int16", "value": "float32", "doc": "int64", "peak": "int16"})
+    offs = np.array([0, 1, 2])
+    tok = vocab[lobes[f], (f + offs[rank]) % V]
+    top_tokens = pd.DataFrame({"feature": f, "rank": rank, "token": tok,
+                               "count": np.maximum(fire_count[f] >> rank, 0)}).astype(
+        {"feature": "int32", "rank": "int16", "count": "int64"})
+    return contexts, top_tokens
+
+
+def _tables(rng, lobes, lobe_vocab, scale, fire_count, subsets):
+    """contexts and top_tokens tables of a layer: three contexts and three tokens per feature."""
+    F, S = lobes.size, len(subsets)
+    ctx_rows, tok_rows = [], []
     for f in range(F):
         vocab = lobe_vocab[lobes[f]]
         own = vocab[f % len(vocab)]
@@ -130,26 +214,24 @@ def make_layer(rng: np.random.Generator, n_features: int, d_model: int, n_lobes:
         {"feature": "int32", "rank": "int16", "value": "float32", "doc": "int64", "peak": "int16"})
     top_tokens = pd.DataFrame(tok_rows, columns=["feature", "rank", "token", "count"]).astype(
         {"feature": "int32", "rank": "int16", "count": "int64"})
-    return {
-        "decoder.npy": W, "fire_count.npy": fire_count, "cooc.npz": C, "subset_fire.npy": subset_fire,
-        "blocks.npz": sp.csr_matrix(present), "block_subset.npy": block_subset,
-        "act_hist.npy": act_hist, "act_hist_edges.npy": edges,
-        "contexts.parquet": contexts, "top_tokens.parquet": top_tokens,
-        "planted_lobes.npy": lobes, "planted_crystals.parquet": faces,
-        "planted.json": {"alpha": alpha, "n_lobes": n_lobes, "dead": sorted(int(i) for i in dead),
-                         "trapezoid_ratio": trapezoid_ratio},
-        "_n_tokens": int(n_blocks * block_size), "_n_blocks": int(n_blocks), "_subsets": subsets,
-    }
+    return contexts, top_tokens
 
 
 # Planted lobes number a handful: k beyond 64 only splits noise, and the full published
 # sweep (k up to 1024) would take minutes for an atlas meant to be tried at once.
 SYNTHETIC_GEOMETRY = {"ks": [2, 3, 4, 8, 16, 32, 64], "n_random": 20}
+# Wider layers (the wide path of analysis/wide.py) keep the atlas quick to build: phi (the
+# published best) and geometry lobes only, the planted k and a few others, fewer draws, and
+# no UMAP (on two busy cores even a 5,000-feature UMAP fit took 1-2 minutes, most of the
+# whole atlas; pass geometry_config={..., "umap": True} for the sampled UMAP). The settings used are in the manifest (configs["geometry"]).
+SYNTHETIC_GEOMETRY_WIDE = {"ks": [2, 4, 8, 16], "affinities": ["phi"], "n_random": 5, "n_permutations": 10,
+                           "wide_umap_sample": 5000, "wide_neighbor_probe": 4, "wide_regression_sample": 5000,
+                           "entropy_bootstrap": 5, "umap": False}
 
 
 def make_synthetic_atlas(path: str | Path, n_features: int = 1200, d_model: int = 64,
                          layers: tuple[int, ...] = (0, 1, 2), alphas: tuple[float, ...] | None = None,
-                         n_lobes: int = 4, n_blocks: int = 2000, block_size: int = 256,
+                         n_lobes: int = 4, n_blocks: int | None = None, block_size: int = 256,
                          n_parallelograms: int = 6, n_trapezoids: int = 4, seed: int = 0,
                          geometry: bool = True, geometry_config: dict | None = None,
                          overwrite: bool = False) -> Path:
@@ -160,6 +242,11 @@ def make_synthetic_atlas(path: str | Path, n_features: int = 1200, d_model: int 
     ``geometry=True`` the geometry stage (analysis.stage) adds every derived file.
     """
     rng = np.random.default_rng(seed)
+    if n_blocks is None:
+        # wide layers: one block per feature keeps ~12 features present per block (as drawn
+        # by make_layer), so the co-occurring pairs - the work of top_partners - stay ~150
+        # per feature
+        n_blocks = 2000 if n_features <= WIDE_FROM else n_features
     if alphas is None:
         peak = (len(layers) - 1) / 2
         alphas = tuple(0.5 - 0.25 * abs(i - peak) / max(peak, 1) for i in range(len(layers)))
@@ -192,5 +279,6 @@ def make_synthetic_atlas(path: str | Path, n_features: int = 1200, d_model: int 
     if geometry:
         from analysis import stage
 
-        stage.run_geometry(path, stage.GeometryConfig(**(geometry_config or SYNTHETIC_GEOMETRY)))
+        default = SYNTHETIC_GEOMETRY if n_features <= WIDE_FROM else SYNTHETIC_GEOMETRY_WIDE
+        stage.run_geometry(path, stage.GeometryConfig(**(geometry_config or default)))
     return Path(path)
