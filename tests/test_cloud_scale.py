@@ -54,10 +54,10 @@ def test_a_wide_layer_draws_its_budget_as_points_and_the_rest_as_density(store):
     order = np.lexsort((np.arange(WIDE), -freq, d.cell))
     _, first = np.unique(d.cell[order], return_index=True)
     assert np.isin(order[first], pts).all()
-    # a layer of ALL_POINTS features or fewer (the demo's 4,096) is drawn whole, without density
+    # a layer of POINT_BUDGET features or fewer (the demo's 4,096) is drawn whole, without density
     rng = np.random.default_rng(0)
     small = cloud.Detail(rng.normal(size=(4096, 3)).astype(np.float32), rng.random(4096), cloud.POINT_BUDGET)
-    assert cloud.ALL_POINTS >= 4096 and np.array_equal(small.points, np.arange(4096)) and len(small.density[1]) == 0
+    assert cloud.POINT_BUDGET >= 4096 and np.array_equal(small.points, np.arange(4096)) and len(small.density[1]) == 0
 
 
 def test_clicks_resolve_to_the_feature_under_them(store):
@@ -142,6 +142,14 @@ def test_a_262k_feature_layer_opens_with_points_density_cards_and_search(server,
     assert query(page)["f"] == str(hidden)
     # the selected marker (trace 2) is drawn for it though it is no point of trace 0
     assert page.evaluate(f"() => {GD}._fullData[2].x.length") == 11
+
+    # zoomed in (the user's camera, through the link), the features around the view's centre come as points
+    page.evaluate(f"() => Plotly.relayout({GD}, {{'scene.camera': {{eye: {{x: 0.35, y: 0.35, z: 0.35}}, "
+                  "center: {x: 0, y: 0, z: 0}, up: {x: 0, y: 0, z: 1}}})")
+    near = cloud.focus(store, st.with_(feature=hidden, eye=(0.35, 0.35, 0.35)))
+    assert 0 < len(near) and not np.array_equal(near, cloud.focus(store, st.with_(feature=hidden)))
+    page.wait_for_function(f"() => {{ const c = {GD}._fullData[6].customdata; "
+                           f"return c && c.length === {len(near)} && c[0] === {near[0]}; }}", timeout=30_000)
 
     # the 16,384-feature layer's figure stays under half a megabyte as it travels
     with page.expect_response(figure_of_layer(1), timeout=90_000) as got:

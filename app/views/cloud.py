@@ -3,8 +3,8 @@
 The figure always has the same seven traces, so partial updates (dash ``Patch``) can address
 them by index:
 
-    0  the features drawn as points: every feature of a layer of at most ``ALL_POINTS``, else
-       the ``POINT_BUDGET`` most frequent of each region (``drawn``); customdata = feature id
+    0  the features drawn as points: every feature of a layer of at most ``POINT_BUDGET``,
+       else that many, the most frequent of each region (``drawn``); customdata = feature id
     1  neighbor edges of the selected feature (lines)
     2  the selected feature and its neighbors (large markers)
     3  crystal faces above the quality threshold (translucent Mesh3d)
@@ -36,11 +36,10 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 DEAD = "#d0d0d0"
 MAX_FACES = 400
 N_NEIGHBORS = 10
-# A layer of at most ALL_POINTS features is drawn whole, as it always was (the demo's layers
-# are 4,096 wide). Wider layers draw POINT_BUDGET points plus density: 8,192 points with
-# their hover tokens are ~0.3 MB, where 16,384 were 0.6-0.9 MB, and software WebGL draws them
-# in a fraction of the page's own start-up.
-ALL_POINTS = 8_192
+# A layer of at most POINT_BUDGET features is drawn whole, as it always was (the demo's
+# layers are 4,096 wide); a wider one draws POINT_BUDGET points plus density. 8,192 points
+# with their hover tokens weigh ~0.3 MB as they travel, where a 16,384-point cloud was
+# 0.6-0.9 MB, and software WebGL draws them in well under a second of the page's start-up.
 POINT_BUDGET = 8_192
 DETAIL_POINTS = 4_096
 GRID = 24            # density cells per axis of the scene box
