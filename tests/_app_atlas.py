@@ -325,8 +325,9 @@ def build_wide_atlas(path: Path, widths: tuple[int, ...] = (262_144,), seed: int
     its k=64 lobe, pairs of blobs its k=16 lobe... as lobes_phi.npy rows), a unique top token
     per feature (``t<id>``: a search for it finds exactly that feature), the ten nearest
     neighbours by coordinates (``neighbors.npy``, cosine stand-in ``1 - distance``) and a small
-    decoder (d = 8). analysis.synthetic builds a dense blocks x features matrix, which does
-    not fit at these widths.
+    decoder (d = 8). analysis.synthetic's make_synthetic_atlas draws layers this wide too, with
+    co-occurrence, contexts and the geometry stage, in minutes (~5.5 min at 262,144 features
+    on two busy cores): too slow for a browser test's fixture, which needs seconds.
     """
     from scipy.spatial import cKDTree
 
