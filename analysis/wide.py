@@ -99,7 +99,7 @@ def top_partners(blocks, k: int = 32, chunk: int = 16384, dtype=np.int32) -> sp.
     # (the maximum of a kept count and an absent 0)
     C = sp.csr_matrix((v, (r, c)), shape=(F, F), dtype=np.int64)
     C = C.maximum(C.T).tocsr()
-    C = C + sp.diags(diag.astype(np.int64), format="csr")
+    C = C + sp.diags(diag.astype(np.int64), format="csr", dtype=np.int64)
     C.sort_indices()
     return C.astype(dtype)
 

@@ -1,0 +1,184 @@
+"""Peak memory and time of co-occurrence and clustering at 16k, 65k, 262k and 1M features.
+
+The wide path (analysis/wide.py, issue 12) against the published dense path as reference
+where the dense one can run on this machine (24 GB shared by three people): each width runs
+in its own process, on one synthetic layer of planted lobes drawn sparsely (each feature
+present in ~12 blocks of its lobe's topic, one block per feature; analysis.synthetic), and
+prints per step the wall time and the peak resident memory of that process (sampled every
+20 ms, above what the process held before the step).
+
+* co-occurrence - wide: ``wide.top_partners`` (top 32 partners per feature, blocked sparse
+  product); dense: the full ``Bᵀ B`` as the dense accumulator of precompute.cooccur holds it,
+  a float32 [F, F] (4 F² bytes);
+* clustering (phi, k = 2..64) - wide: phi on the stored pairs, 15-NN graph, sparse spectral
+  embedding, k-means per k; dense: ``brain.cooccurrence_affinity`` float32 + Lanczos
+  embedding + k-means (the published path at 16k, issue 11);
+* UMAP (``--umap``, 32,768 features): fitted on a 5,000-feature sample and extended by
+  nearest-sample interpolation or by umap's ``transform``; time, and for both the planted
+  lobes' separation in 3-D (silhouette of a 5,000-feature subsample) and how many of each
+  feature's 10 nearest 3-D neighbours are among its 10 nearest decoder-cosine ones.
+
+    python bench/bench_wide_memory.py                       # 16k, 65k, 262k, 1M
+    python bench/bench_wide_memory.py --widths 16384 65536
+    python bench/bench_wide_memory.py --umap                # the UMAP extension comparison
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+KS = [2, 4, 8, 16, 32, 64]
+DENSE_MAX = 16384        # 4 F^2 bytes: 1 GiB at 16k, 17 GB at 65k (this machine: 24 GB, shared)
+
+
+class Peak:
+    """Peak RSS of this process, sampled by a thread; ``step()`` returns the peak since the last."""
+
+    def __init__(self, every: float = 0.02):
+        self.proc, self.every = psutil.Process(), every
+        self.peak = self.proc.memory_info().rss
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.every)
+
+    def step(self) -> int:
+        p = max(self.peak, self.proc.memory_info().rss)
+        self.peak = self.proc.memory_info().rss
+        return p
+
+
+def layer(F: int, d: int = 64, n_lobes: int = 4, seed: int = 0):
+    from analysis.synthetic import _sparse_presence
+
+    rng = np.random.default_rng(seed)
+    lobes = rng.integers(0, n_lobes, F)
+    rate = np.clip(rng.lognormal(0.0, 0.5, size=F), 0.2, 3.0)
+    topic = rng.integers(0, n_lobes, size=F)          # one block per feature
+    B = _sparse_presence(rng, lobes, rate, topic, n_lobes, (12.0, 0.3))
+    return lobes, B
+
+
+def child(F: int, dense: bool) -> dict:
+    import scipy.sparse as sp
+    from sklearn.metrics import adjusted_mutual_info_score as ami
+
+    from analysis import brain, wide
+
+    peak = Peak()
+    out: dict = {"F": F}
+    lobes, B = layer(F)
+    T = B.shape[0]
+    base = peak.step()
+    out["input_gb"] = base / 1e9
+    t = time.perf_counter()
+    C = wide.top_partners(B, 32)
+    out["wide_cooc"] = (time.perf_counter() - t, peak.step() / 1e9, int(C.nnz))
+    live = np.asarray(C.diagonal()) > 0
+    t = time.perf_counter()
+    G = wide.knn_graph(wide.pair_affinity(C, T, "phi", live), 15)
+    lab_w = wide.sparse_spectral_sweep(G, KS, 42, 1)
+    out["wide_cluster"] = (time.perf_counter() - t, peak.step() / 1e9)
+    out["wide_ami_planted_k4"] = float(ami(lobes[live], lab_w[1]))
+    del G
+    if dense:
+        Bf = sp.csr_matrix(B, dtype=np.float32)
+        t = time.perf_counter()
+        Cd = (Bf.T @ Bf).toarray()                    # the dense accumulator's [F, F] float32
+        out["dense_cooc"] = (time.perf_counter() - t, peak.step() / 1e9)
+        Cs = sp.csr_matrix(Cd.astype(np.int32))
+        del Cd
+        t = time.perf_counter()
+        A = brain.cooccurrence_affinity(Cs, T, "phi", live, np.float32)
+        lab_d = brain.spectral_sweep(A, KS, 42, 10, solver="lanczos")
+        del A
+        out["dense_cluster"] = (time.perf_counter() - t, peak.step() / 1e9)
+        out["dense_ami_planted_k4"] = float(ami(lobes[live], lab_d[1]))
+        out["ami_wide_dense"] = {k: float(ami(lab_d[r], lab_w[r])) for r, k in enumerate(KS)}
+    return out
+
+
+def umap_child(F: int, n_sample: int) -> dict:
+    from sklearn.metrics import silhouette_score
+
+    from analysis import wide
+
+    rng = np.random.default_rng(0)
+    lobes = rng.integers(0, 8, F)
+    W = (rng.normal(size=(8, 64))[lobes] * 0.6 + rng.normal(size=(F, 64))).astype(np.float32)
+    out = {"F": F, "n_sample": n_sample}
+    sub = rng.choice(F, 5000, replace=False)
+    U = W / np.linalg.norm(W, axis=1, keepdims=True)
+    q = sub[:500]
+    cos = U[q] @ U.T
+    cos[np.arange(q.size), q] = -np.inf
+    near_d = np.argpartition(-cos, 10, axis=1)[:, :10]
+    for extend in ("interpolate", "transform"):
+        t = time.perf_counter()
+        Y = wide.umap_sampled(W, n_sample, extend)
+        dist = ((Y[q, None, :] - Y[None, :, :]) ** 2).sum(-1)
+        dist[np.arange(q.size), q] = np.inf
+        near_y = np.argpartition(dist, 10, axis=1)[:, :10]
+        out[extend] = {"seconds": time.perf_counter() - t,
+                       "silhouette_planted": float(silhouette_score(Y[sub], lobes[sub])),
+                       "knn_kept_10": float(np.mean([np.intersect1d(a, b).size / 10 for a, b in zip(near_d, near_y)]))}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--widths", type=int, nargs="+", default=[16384, 65536, 262144, 1048576])
+    ap.add_argument("--umap", action="store_true", help="compare the two UMAP extensions (32k features)")
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--umap-child", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.child <= DENSE_MAX)))
+        return
+    if args.umap_child:
+        print(json.dumps(umap_child(args.umap_child, 5000)))
+        return
+    if args.umap:
+        r = subprocess.run([sys.executable, __file__, "--umap-child", "32768"], capture_output=True, text=True)
+        print(r.stdout.strip().splitlines()[-1] if r.returncode == 0 else r.stderr[-2000:])
+        return
+    print(f"{'features':>9} {'step':<28} {'time s':>8} {'peak GB':>8}")
+    for F in args.widths:
+        r = subprocess.run([sys.executable, __file__, "--child", str(F)], capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"{F:>9} failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+            continue
+        o = json.loads(r.stdout.strip().splitlines()[-1])
+        print(f"{F:>9} {'input (blocks, sparse)':<28} {'':>8} {o['input_gb']:8.2f}")
+        print(f"{F:>9} {'co-occurrence, wide':<28} {o['wide_cooc'][0]:8.1f} {o['wide_cooc'][1]:8.2f}"
+              f"   ({o['wide_cooc'][2] / F:.0f} stored entries per feature)")
+        print(f"{F:>9} {'clustering, wide (phi)':<28} {o['wide_cluster'][0]:8.1f} {o['wide_cluster'][1]:8.2f}"
+              f"   AMI to planted lobes (k=4) {o['wide_ami_planted_k4']:.3f}")
+        if "dense_cooc" in o:
+            for step in ("cooc", "cluster"):
+                w, d = o[f"wide_{step}"], o[f"dense_{step}"]
+                name = "co-occurrence" if step == "cooc" else "clustering (phi)"
+                print(f"{F:>9} {name + ', dense':<28} {d[0]:8.1f} {d[1]:8.2f}"
+                      f"   dense / wide: time {d[0] / w[0]:.1f}x, peak {d[1] / w[1]:.1f}x")
+            print(f"{F:>9} {'':<28} AMI to planted (k=4) {o['dense_ami_planted_k4']:.3f}; "
+                  f"AMI wide vs dense per k: " + ", ".join(f"{k}: {v:.2f}" for k, v in o["ami_wide_dense"].items()))
+        else:
+            print(f"{F:>9} {'dense path':<28} cannot run here: one [F, F] float32 is {4 * F * F / 1e9:.0f} GB")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
