@@ -26,7 +26,7 @@ import pandas as pd
 from analysis import atom, brain, galaxy
 from analysis.artefacts import Brain
 from analysis.atlas import AtlasWriter, open_atlas
-from analysis.synthetic import make_synthetic_atlas
+from analysis.synthetic import _VOCAB, make_synthetic_atlas
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -322,8 +322,9 @@ def build_wide_atlas(path: Path, widths: tuple[int, ...] = (262_144,), seed: int
 
     Only what the cloud, the card and the search read: PCA coordinates (64 Gaussian blobs of
     power-law sizes, so the density has structure), firing counts (log-normal; the blob is
-    its k=64 lobe, pairs of blobs its k=16 lobe... as lobes_phi.npy rows), a unique top token
-    per feature (``t<id>``: a search for it finds exactly that feature), the ten nearest
+    its k=64 lobe, pairs of blobs its k=16 lobe... as lobes_phi.npy rows), three top tokens per
+    feature (a unique ``t<id>``: a search for it finds exactly that feature; then two words of
+    analysis.synthetic's vocabularies, so hover labels weigh what real ones do), the ten nearest
     neighbours by coordinates (``neighbors.npy``, cosine stand-in ``1 - distance``) and a small
     decoder (d = 8). analysis.synthetic's make_synthetic_atlas draws layers this wide too, with
     co-occurrence, contexts and the geometry stage, in minutes (~5.5 min at 262,144 features
@@ -361,10 +362,15 @@ def build_wide_atlas(path: Path, widths: tuple[int, ...] = (262_144,), seed: int
             dist, nb = cKDTree(xyz).query(xyz, k=11)
             w.put_array(f.neighbors, nb[:, 1:].astype(np.int32))
             w.put_array(f.neighbors_cos, (1 - dist[:, 1:] / max(dist.max(), 1e-9)).astype(np.float32))
+            # three top tokens, as a real layer's hover shows: the unique t<id>, then two words
             ids = np.arange(F, dtype=np.int32)
+            words = np.asarray(sorted({w for ws in _VOCAB.values() for w in ws}))
+            toks = np.stack([np.char.add("t", ids.astype(str)).astype(object),
+                             words[rng.integers(0, len(words), F)].astype(object),
+                             words[rng.integers(0, len(words), F)].astype(object)], 1)
             w.put_table(f.top_tokens, pd.DataFrame({
-                "feature": ids, "rank": np.zeros(F, np.int16), "token": np.char.add("t", ids.astype(str)),
-                "count": counts}))
+                "feature": np.repeat(ids, 3), "rank": np.tile(np.arange(3, dtype=np.int16), F),
+                "token": toks.reshape(-1), "count": np.repeat(counts, 3) >> np.tile(np.arange(3), F)}))
     return Path(path)
 
 

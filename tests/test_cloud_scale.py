@@ -109,7 +109,8 @@ def test_a_262k_feature_layer_opens_with_points_density_cards_and_search(server,
     # the page says how many features are points and that the rest is density
     note = page.locator("#cloud .annotation-text").first
     assert note.is_visible()
-    assert re.search(rf"8,192 of {WIDE:,} features drawn as points.*the other {WIDE - 8192:,} as grey density",
+    n = cloud.POINT_BUDGET
+    assert re.search(rf"{n:,} of {WIDE:,} features drawn as points.*the other {WIDE - n:,} as grey density",
                      note.text_content())
     st = view(store, layer=0)
     pts, rep = cloud.drawn(store, st), cloud.detail(store, st).density[2]
@@ -157,7 +158,7 @@ def test_a_262k_feature_layer_opens_with_points_density_cards_and_search(server,
     body = got.value.body()
     fig = json.loads(body)["response"]["cloud"]["figure"]
     ids = np.frombuffer(base64.b64decode(fig["data"][0]["customdata"]["bdata"]), "<i4")
-    assert np.array_equal(ids, cloud.drawn(store, view(store, layer=1)))   # the whole figure, 8,192 points
+    assert np.array_equal(ids, cloud.drawn(store, view(store, layer=1)))   # the whole figure
     assert 100_000 < len(body) < 500_000, len(body)
     page.wait_for_function(f"() => {{ const g = {GD}; return g && g._fullData && g._fullData[0] && "
                            f"g._fullData[0].x.length === {cloud.POINT_BUDGET} && g._fullLayout.scene._scene }}",

@@ -37,10 +37,12 @@ DEAD = "#d0d0d0"
 MAX_FACES = 400
 N_NEIGHBORS = 10
 # A layer of at most POINT_BUDGET features is drawn whole, as it always was (the demo's
-# layers are 4,096 wide); a wider one draws POINT_BUDGET points plus density. 8,192 points
-# with their hover tokens weigh ~0.3 MB as they travel, where a 16,384-point cloud was
-# 0.6-0.9 MB, and software WebGL draws them in well under a second of the page's start-up.
-POINT_BUDGET = 8_192
+# layers are 4,096 wide); a wider one draws POINT_BUDGET points plus density. A point costs
+# ~24 bytes of typed arrays and its hover tokens ~20-35 more: 6,144 points keep a figure
+# near 0.35-0.4 MB with room for long tokens (8,192 with three short tokens each were
+# 0.45 MB, a 16,384-point cloud 0.6-0.9 MB), and software WebGL draws them in a fraction of
+# the page's own start-up.
+POINT_BUDGET = 6_144
 DETAIL_POINTS = 4_096
 GRID = 24            # density cells per axis of the scene box
 ZOOMED_IN = 1.3      # eye-to-centre distance (scene units) below which the view counts as zoomed in
