@@ -197,3 +197,33 @@ def test_dense_eigensolver_branch_matches_spectral_embedding():
     # the ARPACK branch (5k + 1 <= n) is sklearn's own call
     np.testing.assert_allclose(brain.embed(A, 4), spectral_embedding(A, n_components=4, drop_first=False,
                                                                       random_state=42), atol=1e-8)
+
+
+def test_fewer_restarts_at_large_k_only_where_set_and_as_good_as_per_k():
+    """GeometryConfig.n_init_large_k reaches the sweep: below large_k_from the labels are
+    those of n_init restarts, from it those of k-means with n_init_large_k restarts on the
+    same embedding, and they agree with per-k SpectralClustering within per-k's own spread."""
+    from sklearn.cluster import k_means
+
+    from analysis.stage import GeometryConfig, compute_brain
+
+    C, T, W, _, _, _ = planted(n_features=900, n_lobes=40, n_blocks=3000, seed=5)
+    live = ~brain.dead_features(C)
+    A = brain.cooccurrence_affinity(C, T, "phi")[np.ix_(live, live)]
+    ks = (32, 48, 64)
+    default = brain.spectral_sweep(A, ks=ks)
+    cut = brain.spectral_sweep(A, ks=ks, n_init_large_k=1, large_k_from=48)
+    np.testing.assert_array_equal(cut[0], default[0])
+    maps = brain.embed(A, 64)
+    for row, k in ((1, 48), (2, 64)):
+        np.testing.assert_array_equal(cut[row], k_means(maps[:, :k], k, random_state=42, n_init=1)[1])
+    slow = brain.spectral_sweep(A, ks=ks, per_k=True)
+    other = brain.spectral_sweep(A, ks=ks, random_state=7, per_k=True)
+    for c, s, o in zip(cut, slow, other):
+        assert adjusted_mutual_info_score(c, s) >= adjusted_mutual_info_score(s, o) - 0.03
+
+    config = GeometryConfig(affinities=["phi"], ks=list(ks), n_init_large_k=1, large_k_from=48,
+                            n_permutations=2, n_random=2)
+    files = compute_brain(W, C, T, config)
+    np.testing.assert_array_equal(files["lobes_phi.npy"][:, live], cut)
+    assert GeometryConfig().n_init_large_k is None        # the published n_init at every k
