@@ -56,6 +56,21 @@ def power_law_directions(rng: np.random.Generator, base: np.ndarray, alpha: floa
     return (U * s) @ Vt
 
 
+def power_law_directions_gram(base: np.ndarray, alpha: float) -> np.ndarray:
+    """``power_law_directions`` through the [d, d] Gram matrix instead of an SVD of [F, d].
+
+    With ``X = U Σ Vᵀ``, ``U = X V Σ⁻¹``, so the re-coloured ``U S Vᵀ = X (V Σ⁻¹ S Vᵀ)``: one
+    [F, d] x [d, d] product. Equal up to rounding (the SVD of 262k x 64 took ~20 s on two
+    busy cores; this well under one); used for wide layers, whose values are new anyway.
+    """
+    X = base - base.mean(0)
+    sig2, V = np.linalg.eigh(X.T @ X)
+    sig2, V = sig2[::-1], V[:, ::-1]                  # descending, as the SVD's
+    r = np.arange(1, V.shape[1] + 1)
+    s = np.sqrt(r.astype(float) ** -alpha * (X.shape[0] - 1))
+    return X @ ((V * (s / np.sqrt(np.maximum(sig2, 1e-300)))) @ V.T)
+
+
 def _plant_crystals(rng, W, n_par, n_trap, ratio, noise):
     """Overwrite rows of W so that planted faces exist; returns the faces table."""
     F, d = W.shape
@@ -101,7 +116,10 @@ def make_layer(rng: np.random.Generator, n_features: int, d_model: int, n_lobes:
     # Faces are planted before re-colouring: the re-colouring is a linear map, which keeps
     # parallelograms parallelograms and trapezoids' edge ratios, and leaves the spectrum exact.
     faces = _plant_crystals(rng, base, n_parallelograms, n_trapezoids, trapezoid_ratio, crystal_noise)
-    W = power_law_directions(rng, base, alpha).astype(np.float32)
+    if F > WIDE_FROM:
+        W = power_law_directions_gram(base, alpha).astype(np.float32)
+    else:
+        W = power_law_directions(rng, base, alpha).astype(np.float32)
 
     # Co-occurrence: every block belongs to one subset (= one lobe's topic); features of
     # that lobe are present with probability p_in * rate, all others with p_out * rate.

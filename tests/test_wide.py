@@ -222,3 +222,15 @@ def test_262k_features_layer_within_memory_bound():
     assert res["cooc_nnz"] < 80 * F          # top partners (32 per row, union) + diagonal
     # the planted lobes (k = 4) are found by the sparse path at full width
     assert res["ami_phi_k4"] > 0.9 and res["ami_geometry_k4"] > 0.9, res
+
+
+def test_gram_recolouring_equals_the_svd_one():
+    # wide synthetic layers re-colour through the [d, d] Gram matrix; the same directions
+    from analysis import galaxy
+    from analysis.synthetic import power_law_directions, power_law_directions_gram
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(3000, 16)) + 3 * rng.normal(size=(4, 16))[rng.integers(0, 4, 3000)]
+    W = power_law_directions_gram(base, 0.5)
+    np.testing.assert_allclose(W, power_law_directions(rng, base, 0.5), atol=1e-10)
+    np.testing.assert_allclose(galaxy.spectrum(W), np.arange(1, 17) ** -0.5, rtol=1e-10)
