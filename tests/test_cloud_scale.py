@@ -116,6 +116,18 @@ def test_a_262k_feature_layer_opens_with_points_density_cards_and_search(server,
     pts, rep = cloud.drawn(store, st), cloud.detail(store, st).density[2]
     assert page.evaluate(f"() => Array.from({GD}._fullData[0].customdata.slice(0, 3))") == pts[:3].tolist()
 
+    # the hover label of a point names its feature and that feature's own tokens (t<id> first)
+    box, label = page.locator("#cloud").bounding_box(), ""
+    for i in range(200):
+        x, y = 0.3 + 0.03 * (i % 14), 0.3 + 0.03 * (i // 14)
+        page.mouse.move(box["x"] + box["width"] * x, box["y"] + box["height"] * y)
+        page.wait_for_timeout(40)
+        label = page.evaluate("() => (document.querySelector('#cloud .hovertext') || {}).textContent || ''")
+        if label.startswith("#"):
+            break
+    assert re.fullmatch(r"#(\d+)  t\1 \w+ \w+", label), label
+    page.mouse.move(box["x"] + 2, box["y"] + 2)
+
     # a click on a point opens that feature's card
     page.evaluate(f"() => {{ const g = {GD}; g.emit('plotly_click', {{points: [{{curveNumber: 0, pointNumber: 7, "
                   "customdata: g._fullData[0].customdata[7]}]}); }")

@@ -251,7 +251,8 @@ def sizes(store: AtlasStore, st: ViewState, ids: np.ndarray | None = None):
     return typed((1.5 + 7 * np.clip((logf[ids] - lo) / max(hi - lo, 1e-9), 0, 1)).astype(np.float32))
 
 
-def points_trace(store: AtlasStore, st: ViewState, ids: np.ndarray, xyz: np.ndarray, col: dict | None = None) -> dict:
+def points_trace(store: AtlasStore, st: ViewState, ids: np.ndarray, xyz: np.ndarray,
+                 col: dict | None = None) -> dict:
     """Trace 0's or trace 6's data for the features ``ids``: where, colour, size, hover."""
     col = colouring(store, st, ids) if col is None else col
     return {"x": typed(xyz[ids, 0]), "y": typed(xyz[ids, 1]), "z": typed(xyz[ids, 2]),
