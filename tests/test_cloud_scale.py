@@ -79,6 +79,28 @@ def test_clicks_resolve_to_the_feature_under_them(store):
     assert 0 < len(cloud.focus(store, zoomed)) <= cloud.DETAIL_POINTS and len(cloud.focus(store, st)) == 0
 
 
+def test_partial_updates_send_the_detail_only_when_it_changes(store):
+    from app.views import cloud
+
+    st = view(store, layer=0)
+
+    def ops(new):
+        p, _ = cloud.patch(store, st, new)
+        return {} if p is None else {tuple(o["location"][:2]): o for o in p.to_plotly_json()["operations"]}
+
+    # a rotation that stays out of zooming sends nothing; a selection its surroundings and the note
+    assert ops(st.with_(eye=(1.5, 1.2, 1.3))) == {}
+    sel = ops(st.with_(feature=123))
+    ids = np.frombuffer(base64.b64decode(sel[("data", 6)]["params"]["value"]["customdata"]["bdata"]), "<i4")
+    assert np.array_equal(ids, cloud.focus(store, st.with_(feature=123))) and len(ids) == cloud.DETAIL_POINTS
+    assert "4,096 more around the view" in sel[("layout", "annotations")]["params"]["value"]["text"]
+    # a new colouring recolours the points drawn, not every feature
+    from app.state import Coloring
+
+    col = ops(st.with_(coloring=Coloring(kind="freq")))[("data", 0)]["params"]["value"]["color"]
+    assert len(base64.b64decode(col["bdata"])) == 4 * cloud.POINT_BUDGET   # float32 per point
+
+
 @pytest.fixture(scope="module")
 def server(root):
     _need_browser()
