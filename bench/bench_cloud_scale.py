@@ -1,6 +1,7 @@
 """Payload and first render of the feature cloud for layers of 16k, 65k, 262k and 1M features.
 
     python bench/bench_cloud_scale.py [--widths 1024,16384,65536,262144,1048576] [--repeats 2]
+                                      [--quick]
                                       [--reference REV] [--reference-max 262144] [--cache DIR]
 
 One synthetic atlas holds a layer per width (``tests/_app_atlas.build_wide_atlas``: 64
@@ -146,12 +147,15 @@ def main() -> None:
     p.add_argument("--reference", default=REFERENCE, help="commit of the full-points cloud")
     p.add_argument("--reference-max", type=int, default=262_144, help="widest layer the reference is run on")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds before a render counts as not finished")
+    p.add_argument("--quick", action="store_true", help="1k, 16k and 65k features, one repeat (make bench)")
     p.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "saegeo-bench-cloud")
     a = p.parse_args()
     if not Path(CHROMIUM).is_file():
         sys.exit(f"{CHROMIUM} is missing (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
+    if a.quick:
+        a.widths, a.repeats = "1024,16384,65536", 1
     widths = [int(w) for w in a.widths.split(",")]
     root = build(a.cache, widths)
     rows = []
