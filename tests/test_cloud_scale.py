@@ -79,6 +79,19 @@ def test_clicks_resolve_to_the_feature_under_them(store):
     assert 0 < len(cloud.focus(store, zoomed)) <= cloud.DETAIL_POINTS and len(cloud.focus(store, st)) == 0
 
 
+def test_a_layer_just_over_the_budget_is_whole_once_a_feature_is_selected(tmp_path):
+    from _app_atlas import build_wide_atlas
+    from app.data import AtlasStore
+    from app.views import cloud
+
+    build_wide_atlas(tmp_path / "wide", (cloud.POINT_BUDGET + 1000,))
+    store = AtlasStore(tmp_path, verify="size")
+    st = view(store, layer=0)
+    pts, near = cloud.drawn(store, st), cloud.focus(store, st.with_(feature=3))
+    # the 1,000 features not drawn come around the selection, none of them twice
+    assert len(near) == 1000 and len(np.union1d(pts, near)) == cloud.POINT_BUDGET + 1000
+
+
 def test_partial_updates_send_the_detail_only_when_it_changes(store):
     from app.views import cloud
 

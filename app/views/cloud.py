@@ -145,7 +145,7 @@ def focus(store: AtlasStore, st: ViewState) -> np.ndarray:
     r2[d.points] = np.inf
     k = min(DETAIL_POINTS, len(r2) - 1)
     near = np.argpartition(r2, k)[:k]
-    near = near[r2[near] <= radius ** 2]
+    near = near[np.isfinite(r2[near]) & (r2[near] <= radius ** 2)]   # never a point of trace 0
     return np.sort(near).astype(np.int32)
 
 
