@@ -198,11 +198,9 @@ def compute_brain_wide(W, C, T, config: GeometryConfig, neighbors: tuple[np.ndar
         else:
             nb, nc = neighbors
             nb, nc = nb[idx, :config.wide_knn], nc[idx, :config.wide_knn]
-            ok = (nb >= 0) & (pos[np.maximum(nb, 0)] >= 0)      # dead or missing neighbours dropped
-            G = wide.geometry_knn(W, np.where(ok, pos[np.maximum(nb, 0)], 0), np.where(ok, nc, 1.0))
-            G = G.tocsr()
-            G.setdiag(0)                 # fillers pointed at row 0 with cos 1: removed here
-            G.eliminate_zeros()
+            # renumbered among live features; dead or missing neighbours (-1) dropped
+            nb = np.where(nb >= 0, pos[np.maximum(nb, 0)], -1)
+            G = wide.geometry_knn(W, nb, nc)
         lab = np.full((len(ks), live.size), -1, dtype=np.int16)
         if ks:
             lab[:, idx] = wide.sparse_spectral_sweep(G, ks, config.random_state, config.wide_n_init)

@@ -155,12 +155,13 @@ def geometry_knn(W: np.ndarray, neighbors: np.ndarray, cosines: np.ndarray) -> s
     """Angular-similarity kNN graph (METHODS 1 geometry affinity) from a neighbour table.
 
     ``neighbors`` int [n, m] / ``cosines`` [n, m] are each row's decoder-cosine neighbours
-    (indices into the same n rows). Returns CSR float32 [n, n], symmetrised by maximum.
+    (indices into the same n rows; -1 = none). Returns CSR float32 [n, n], symmetrised by maximum.
     """
     n, m = neighbors.shape
     sim = 1.0 - np.arccos(np.clip(np.asarray(cosines, np.float64), -1, 1)) / np.pi
-    G = sp.csr_matrix((sim.ravel().astype(np.float32), (np.repeat(np.arange(n), m), neighbors.ravel())),
-                      shape=(n, n))
+    ok = (neighbors >= 0).ravel()          # -1: no neighbour found (fillers of ivf_neighbors)
+    G = sp.csr_matrix((sim.ravel()[ok].astype(np.float32),
+                       (np.repeat(np.arange(n), m)[ok], neighbors.ravel()[ok])), shape=(n, n))
     G.setdiag(0)
     G.eliminate_zeros()
     return G.maximum(G.T).tocsr()

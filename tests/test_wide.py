@@ -234,3 +234,13 @@ def test_gram_recolouring_equals_the_svd_one():
     W = power_law_directions_gram(base, 0.5)
     np.testing.assert_allclose(W, power_law_directions(rng, base, 0.5), atol=1e-10)
     np.testing.assert_allclose(galaxy.spectrum(W), np.arange(1, 17) ** -0.5, rtol=1e-10)
+
+
+def test_geometry_knn_ignores_missing_neighbours():
+    from analysis import wide
+
+    nb = np.array([[1, -1], [0, 2], [1, -1]])
+    cos = np.array([[0.5, -np.inf], [0.5, 0.0], [0.0, -np.inf]], dtype=np.float32)
+    G = wide.geometry_knn(None, nb, cos).toarray()
+    expect = np.array([[0, 2 / 3, 0], [2 / 3, 0, 0.5], [0, 0.5, 0]])
+    np.testing.assert_allclose(G, expect, rtol=1e-6)
