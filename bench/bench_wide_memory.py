@@ -10,7 +10,7 @@ prints per step the wall time and the peak resident memory of that process (samp
 * co-occurrence - wide: ``wide.top_partners`` (top 32 partners per feature, blocked sparse
   product); dense: the full ``Bᵀ B`` as the dense accumulator of precompute.cooccur holds it,
   a float32 [F, F] (4 F² bytes);
-* clustering (phi, k = 2..64) - wide: phi on the stored pairs, 15-NN graph, sparse spectral
+* clustering (phi, k = 2..64 or ``--ks``) - wide: phi on the stored pairs, 15-NN graph, sparse spectral
   embedding, k-means per k; dense: ``brain.cooccurrence_affinity`` float32 + Lanczos
   embedding + k-means (the published path at 16k, issue 11);
 * UMAP (``--umap``, 32,768 features): fitted on a 5,000-feature sample and extended by
@@ -20,6 +20,7 @@ prints per step the wall time and the peak resident memory of that process (samp
 
     python bench/bench_wide_memory.py                       # 16k, 65k, 262k, 1M
     python bench/bench_wide_memory.py --widths 16384 65536
+    python bench/bench_wide_memory.py --widths 1048576 --ks 2 4 8 16   # quicker at 1M
     python bench/bench_wide_memory.py --umap                # the UMAP extension comparison
 """
 from __future__ import annotations
@@ -72,7 +73,7 @@ def layer(F: int, d: int = 64, n_lobes: int = 4, seed: int = 0):
     return lobes, B
 
 
-def child(F: int, dense: bool) -> dict:
+def child(F: int, dense: bool, ks=KS) -> dict:
     import scipy.sparse as sp
     from sklearn.metrics import adjusted_mutual_info_score as ami
 
@@ -90,7 +91,7 @@ def child(F: int, dense: bool) -> dict:
     live = np.asarray(C.diagonal()) > 0
     t = time.perf_counter()
     G = wide.knn_graph(wide.pair_affinity(C, T, "phi", live), 15)
-    lab_w = wide.sparse_spectral_sweep(G, KS, 42, 1)
+    lab_w = wide.sparse_spectral_sweep(G, ks, 42, 1)
     out["wide_cluster"] = (time.perf_counter() - t, peak.step() / 1e9)
     out["wide_ami_planted_k4"] = float(ami(lobes[live], lab_w[1]))
     del G
@@ -103,11 +104,11 @@ def child(F: int, dense: bool) -> dict:
         del Cd
         t = time.perf_counter()
         A = brain.cooccurrence_affinity(Cs, T, "phi", live, np.float32)
-        lab_d = brain.spectral_sweep(A, KS, 42, 10, solver="lanczos")
+        lab_d = brain.spectral_sweep(A, ks, 42, 10, solver="lanczos")
         del A
         out["dense_cluster"] = (time.perf_counter() - t, peak.step() / 1e9)
         out["dense_ami_planted_k4"] = float(ami(lobes[live], lab_d[1]))
-        out["ami_wide_dense"] = {k: float(ami(lab_d[r], lab_w[r])) for r, k in enumerate(KS)}
+        out["ami_wide_dense"] = {k: float(ami(lab_d[r], lab_w[r])) for r, k in enumerate(ks)}
     return out
 
 
@@ -142,11 +143,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--widths", type=int, nargs="+", default=[16384, 65536, 262144, 1048576])
     ap.add_argument("--umap", action="store_true", help="compare the two UMAP extensions (32k features)")
+    ap.add_argument("--ks", type=int, nargs="+", default=KS, help="cluster counts (2 and 4 at least)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--umap-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.child <= DENSE_MAX)))
+        print(json.dumps(child(args.child, args.child <= DENSE_MAX, args.ks)))
         return
     if args.umap_child:
         print(json.dumps(umap_child(args.umap_child, 5000)))
@@ -155,9 +157,11 @@ def main() -> None:
         r = subprocess.run([sys.executable, __file__, "--umap-child", "32768"], capture_output=True, text=True)
         print(r.stdout.strip().splitlines()[-1] if r.returncode == 0 else r.stderr[-2000:])
         return
+    print(f"k = {args.ks}")
     print(f"{'features':>9} {'step':<28} {'time s':>8} {'peak GB':>8}")
     for F in args.widths:
-        r = subprocess.run([sys.executable, __file__, "--child", str(F)], capture_output=True, text=True)
+        r = subprocess.run([sys.executable, __file__, "--child", str(F), "--ks", *map(str, args.ks)],
+                           capture_output=True, text=True)
         if r.returncode != 0:
             print(f"{F:>9} failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
             continue
