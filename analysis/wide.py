@@ -13,7 +13,7 @@ of size F x F exists:
   evaluated on the stored pairs only (``pair_affinity``), each feature keeps its
   ``n_neighbors`` highest (``knn_graph``), and the spectral embedding is that of this sparse
   graph (``sparse_embedding``: the same normalisation as ``brain.embed``, ARPACK on sparse
-  products). The geometry affinity is the angular similarity on a decoder-cosine kNN graph.
+  products, regularised so a graph in pieces still embeds its lobes). The geometry affinity is the angular similarity on a decoder-cosine kNN graph.
   This is the usual sparse form of spectral clustering (von Luxburg, *A tutorial on
   spectral clustering*, Statistics and Computing 17, 2007, section 2.2: the k-nearest-
   neighbour graph); it is an approximation of the published dense clustering, whose
@@ -251,16 +251,25 @@ def neighbor_recall(W: np.ndarray, idx: np.ndarray, n_queries: int = 500, random
 
 # --------------------------------------------------------------------------- clustering
 
-def sparse_embedding(G, n_components: int, random_state: int = 42, tol: float = 1e-5) -> np.ndarray:
+def sparse_embedding(G, n_components: int, random_state: int = 42, tol: float = 1e-5,
+                     regularization: float | None = 1.0) -> np.ndarray:
     """Spectral embedding [n, n_components] of a sparse affinity graph ``G`` [n, n].
 
     The normalisation of ``brain.embed`` (sklearn's ``spectral_embedding``, ``drop_first=
     False``): eigenvectors of the smallest eigenvalues of the normalised Laplacian ``L = I -
-    D^-1/2 G D^-1/2`` (self-loops left out of the degrees), divided by the square-root degrees,
+    D^-1/2 A D^-1/2`` (self-loops left out of the degrees), divided by the square-root degrees,
     each vector's largest-magnitude entry made positive. Found by ARPACK as the largest of
     ``2I - L`` with sparse products: memory O(nnz + n * ncv).
+
+    ``regularization`` = tau / (mean degree): ``A = G + (tau / n) 1 1ᵀ``, applied implicitly
+    (a rank-one term in each product, nothing of size n x n). A kNN graph can fall apart into
+    many small components - an approximate neighbour search makes that likely - and the
+    embedding then spends its vectors on them instead of on the lobes; the dense affinities
+    of the published path are complete graphs and never do. Regularised spectral clustering
+    (Amini, Chen, Bickel, Levina, Annals of Statistics 41, 2013; Qin & Rohe, NeurIPS 2013, who
+    take tau = the mean degree, the default here) joins them. None or 0: ``A = G`` exactly.
     """
-    from scipy.sparse.linalg import eigsh
+    from scipy.sparse.linalg import LinearOperator, eigsh
     from sklearn.utils import check_random_state
 
     G = sp.csr_matrix(G, dtype=np.float64)
@@ -268,12 +277,23 @@ def sparse_embedding(G, n_components: int, random_state: int = 42, tol: float = 
     G.eliminate_zeros()
     n = G.shape[0]
     deg = np.asarray(G.sum(axis=1)).ravel()
+    tau = float(regularization or 0.0) * float(deg.mean()) if n else 0.0
+    deg = deg + tau                                    # row sums of G + (tau / n) 1 1ᵀ
     dd = np.sqrt(np.where(deg == 0, 1.0, deg))
-    inv = sp.diags(1.0 / dd)
-    M = (inv @ G @ inv + sp.identity(n, format="csr")).tocsr()
+    inv = 1.0 / dd
+    M = (sp.diags(inv) @ G @ sp.diags(inv)).tocsr()
+
+    def matvec(x):
+        x = np.asarray(x).reshape(-1)
+        y = M @ x + x
+        if tau:
+            y += inv * (tau / n) * float(inv @ x)
+        return y
+
+    op = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
     v0 = check_random_state(random_state).uniform(-1, 1, n)
     ncv = min(n - 1, max(2 * n_components + 1, 64))
-    _, vecs = eigsh(M, k=n_components, which="LA", tol=tol, v0=v0, ncv=ncv)
+    _, vecs = eigsh(op, k=n_components, which="LA", tol=tol, v0=v0, ncv=ncv)
     vecs = vecs[:, ::-1]
     return brain._sign_flip(vecs / dd[:, None])
 
