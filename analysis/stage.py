@@ -146,7 +146,18 @@ def compute_brain(W, C, T, config: GeometryConfig, blocks=None, block_subset=Non
         labels[name] = lab
         files[f"lobes_{name}.npy"] = lab
     _notify(progress, "brain: AMI and regression tests")
-    Wl = np.asarray(W, dtype=np.float64)[idx]
+    files.update(_brain_tests(labels, ks, live, idx, W, config, T))
+    files.update(_lobe_tables(labels, ks, blocks, block_subset, subsets, top_tokens, config, progress))
+    return files
+
+
+def _brain_tests(labels: dict[str, np.ndarray], ks: list[int], live: np.ndarray, idx: np.ndarray, W,
+                 config: GeometryConfig, T: int, reg_idx: np.ndarray | None = None) -> dict:
+    """brain.json: per affinity and k, the AMI of its lobes with the geometry lobes over the
+    live features ``idx``, and (at ``regression_ks``) the regression test from the decoder rows
+    of the features ``reg_idx`` (default: all of ``idx``) to their lobes."""
+    reg_idx = idx if reg_idx is None else reg_idx
+    Wl = np.asarray(W, dtype=np.float64)[reg_idx]
     results = {}
     for name in config.affinities:
         rows = []
@@ -155,17 +166,15 @@ def compute_brain(W, C, T, config: GeometryConfig, blocks=None, block_subset=Non
                                  config.n_permutations, config.permutation_seed)
             reg = None
             if k in config.regression_ks:
-                reg = brain.regression_test(Wl, labels[name][row, idx], config.n_random,
+                reg = brain.regression_test(Wl, labels[name][row, reg_idx], config.n_random,
                                             config.train_fraction, config.permutation_seed,
                                             config.regression_max_iter)
             rows.append({"k": k, "ami": ami, "regression": reg})
         results[name] = rows
-    files["brain.json"] = Brain(
+    return {"brain.json": Brain(
         ks=ks, affinities=list(config.affinities), lobe_affinities=[*config.affinities, "geometry"],
         n_features=int(live.size), n_live=int(idx.size), dead=np.flatnonzero(~live).tolist(), n_blocks=int(T),
-        results=results)
-    files.update(_lobe_tables(labels, ks, blocks, block_subset, subsets, top_tokens, config, progress))
-    return files
+        results=results)}
 
 
 def compute_brain_wide(W, C, T, config: GeometryConfig, neighbors: tuple[np.ndarray, np.ndarray],
@@ -210,24 +219,7 @@ def compute_brain_wide(W, C, T, config: GeometryConfig, neighbors: tuple[np.ndar
     _notify(progress, "brain (wide): AMI and regression tests")
     rng = np.random.default_rng(config.wide_sample_seed)
     reg_rows = np.sort(rng.choice(idx.size, size=min(config.wide_regression_sample, idx.size), replace=False))
-    Wl = np.asarray(W, dtype=np.float64)[idx[reg_rows]]
-    results = {}
-    for name in config.affinities:
-        rows = []
-        for row, k in enumerate(ks):
-            ami = brain.ami_test(labels["geometry"][row, idx], labels[name][row, idx],
-                                 config.n_permutations, config.permutation_seed)
-            reg = None
-            if k in config.regression_ks:
-                reg = brain.regression_test(Wl, labels[name][row, idx[reg_rows]], config.n_random,
-                                            config.train_fraction, config.permutation_seed,
-                                            config.regression_max_iter)
-            rows.append({"k": k, "ami": ami, "regression": reg})
-        results[name] = rows
-    files["brain.json"] = Brain(
-        ks=ks, affinities=list(config.affinities), lobe_affinities=[*config.affinities, "geometry"],
-        n_features=int(live.size), n_live=int(idx.size), dead=np.flatnonzero(~live).tolist(), n_blocks=int(T),
-        results=results)
+    files.update(_brain_tests(labels, ks, live, idx, W, config, T, reg_idx=idx[reg_rows]))
     files.update(_lobe_tables(labels, ks, blocks, block_subset, subsets, top_tokens, config, progress))
     notes = [f"wide:brain (sparse {config.wide_knn}-NN affinities on {int(sp_nnz(C))} stored co-occurrence "
              f"entries; k-means n_init {config.wide_n_init}; regression on {reg_rows.size} sampled features)"]
