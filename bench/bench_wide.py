@@ -69,7 +69,10 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/saegeo-bench-wide"))
     ap.add_argument("--published-ks", action="store_true", help="all eleven k and 100 random draws")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a GeometryConfig field")
+    ap.add_argument("--quick", action="store_true", help="2,048 features, d_model 64 (as make bench runs it)")
     args = ap.parse_args()
+    if args.quick:
+        args.features, args.d_model = 2048, 64
     import json
 
     fields = {} if args.published_ks else dict(SYNTHETIC_GEOMETRY)

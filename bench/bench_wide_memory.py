@@ -29,37 +29,17 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench_wide import Peak  # noqa: E402  (peak RSS sampled by a thread; same folder)
 
 KS = [2, 4, 8, 16, 32, 64]
 DENSE_MAX = 16384        # 4 F^2 bytes: 1 GiB at 16k, 17 GB at 65k (this machine: 24 GB, shared)
-
-
-class Peak:
-    """Peak RSS of this process, sampled by a thread; ``step()`` returns the peak since the last."""
-
-    def __init__(self, every: float = 0.02):
-        self.proc, self.every = psutil.Process(), every
-        self.peak = self.proc.memory_info().rss
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        while True:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(self.every)
-
-    def step(self) -> int:
-        p = max(self.peak, self.proc.memory_info().rss)
-        self.peak = self.proc.memory_info().rss
-        return p
 
 
 def layer(F: int, d: int = 64, n_lobes: int = 4, seed: int = 0):
@@ -83,30 +63,30 @@ def child(F: int, dense: bool, ks=KS) -> dict:
     out: dict = {"F": F}
     lobes, B = layer(F)
     T = B.shape[0]
-    base = peak.step()
+    base = peak.reset()
     out["input_gb"] = base / 1e9
     t = time.perf_counter()
     C = wide.top_partners(B, 32)
-    out["wide_cooc"] = (time.perf_counter() - t, peak.step() / 1e9, int(C.nnz))
+    out["wide_cooc"] = (time.perf_counter() - t, peak.reset() / 1e9, int(C.nnz))
     live = np.asarray(C.diagonal()) > 0
     t = time.perf_counter()
     G = wide.knn_graph(wide.pair_affinity(C, T, "phi", live), 15)
     lab_w = wide.sparse_spectral_sweep(G, ks, 42, 1)
-    out["wide_cluster"] = (time.perf_counter() - t, peak.step() / 1e9)
+    out["wide_cluster"] = (time.perf_counter() - t, peak.reset() / 1e9)
     out["wide_ami_planted_k4"] = float(ami(lobes[live], lab_w[1]))
     del G
     if dense:
         Bf = sp.csr_matrix(B, dtype=np.float32)
         t = time.perf_counter()
         Cd = (Bf.T @ Bf).toarray()                    # the dense accumulator's [F, F] float32
-        out["dense_cooc"] = (time.perf_counter() - t, peak.step() / 1e9)
+        out["dense_cooc"] = (time.perf_counter() - t, peak.reset() / 1e9)
         Cs = sp.csr_matrix(Cd.astype(np.int32))
         del Cd
         t = time.perf_counter()
         A = brain.cooccurrence_affinity(Cs, T, "phi", live, np.float32)
         lab_d = brain.spectral_sweep(A, ks, 42, 10, solver="lanczos")
         del A
-        out["dense_cluster"] = (time.perf_counter() - t, peak.step() / 1e9)
+        out["dense_cluster"] = (time.perf_counter() - t, peak.reset() / 1e9)
         out["dense_ami_planted_k4"] = float(ami(lobes[live], lab_d[1]))
         out["ami_wide_dense"] = {k: float(ami(lab_d[r], lab_w[r])) for r, k in enumerate(ks)}
     return out
@@ -144,9 +124,12 @@ def main() -> None:
     ap.add_argument("--widths", type=int, nargs="+", default=[16384, 65536, 262144, 1048576])
     ap.add_argument("--umap", action="store_true", help="compare the two UMAP extensions (32k features)")
     ap.add_argument("--ks", type=int, nargs="+", default=KS, help="cluster counts (2 and 4 at least)")
+    ap.add_argument("--quick", action="store_true", help="4,096 (with the dense reference) and 65,536 features, k <= 8")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--umap-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.quick:
+        args.widths, args.ks = [4096, 65536], [2, 4, 8]
     if args.child:
         print(json.dumps(child(args.child, args.child <= DENSE_MAX, args.ks)))
         return
