@@ -109,3 +109,17 @@ def test_document_length_counts_bos_as_published():
 
     assert PrecomputeConfig().doc_tokens() == 1023           # 3 full 256-token blocks after BOS
     assert PrecomputeConfig(seq_len_includes_bos=False).doc_tokens() == 1024
+
+
+def test_embedded_corpus_reads_only_the_distributions_it_was_trained_on():
+    """A package the project added later (janus, for Dash's FastAPI backend) is installed but
+    not read: its description, licence and docstrings would move the held-back documents."""
+    from importlib import metadata
+
+    from precompute import corpus
+
+    assert metadata.version("janus") and "janus" not in corpus.CORPUS_DISTRIBUTIONS
+    names = {(d.metadata.get("Name") or "").lower() for d in corpus._distributions()}
+    assert names <= corpus.CORPUS_DISTRIBUTIONS and "numpy" in names and "janus" not in names
+    janus_files = {p for p in corpus._foreign_files() if "janus" in p.parts}
+    assert janus_files and all(p.suffix != ".py" or p.exists() for p in janus_files)
