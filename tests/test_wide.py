@@ -13,13 +13,20 @@ from analysis import brain
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _without(C, f: int):
+    """Co-occurrence counts ``C`` with feature ``f``'s row and column zeroed (a dead feature)."""
+    C = sp.lil_matrix(C)
+    C[f, :] = 0
+    C[:, f] = 0
+    C = C.tocsr()
+    C.eliminate_zeros()
+    return C
+
+
 def test_live_float32_affinities_are_the_full_ones_restricted():
     rng = np.random.default_rng(0)
     B = sp.csr_matrix(rng.random((300, 40)) < 0.2, dtype=np.int64)
-    C = (B.T @ B).tolil()
-    C[5, :] = 0
-    C[:, 5] = 0                       # a dead feature
-    C = C.tocsr()
+    C = _without(B.T @ B, 5)          # a dead feature
     live = ~brain.dead_features(C)
     for name in brain.AFFINITIES:
         full = brain.cooccurrence_affinity(C, 300, name)[np.ix_(live, live)]
@@ -111,16 +118,9 @@ def test_pair_affinity_is_the_dense_affinity_on_stored_pairs():
 
     rng = np.random.default_rng(4)
     B = sp.csr_matrix(rng.random((300, 50)) < 0.15, dtype=np.int64)
-    C = (B.T @ B).tolil()
-    C[7, :] = 0
-    C[:, 7] = 0                       # a dead feature
-    C = C.tocsr()
+    C = _without(B.T @ B, 7)          # a dead feature
     live = ~brain.dead_features(C)
-    part = wide.top_partners(B, 5).tolil()
-    part[7, :] = 0
-    part[:, 7] = 0
-    part = part.tocsr()
-    part.eliminate_zeros()
+    part = _without(wide.top_partners(B, 5), 7)
     stored = part[np.ix_(live, live)].toarray() > 0
     np.fill_diagonal(stored, False)
     for name in brain.AFFINITIES:
