@@ -120,8 +120,8 @@ def _language_reference() -> Iterator[str]:
 # The distributions whose texts the embedded corpus reads: those `make setup` installed when the
 # shipped SAEs (precompute/embedded_saes) were trained. Their held-back documents are the
 # corpus's last ones, so a dependency added to or removed from the project must not move the
-# corpus: adding three serving packages once shifted it and put training documents among the
-# held-back ones (tests/test_embedded_saes.py). A distribution listed here but not installed
+# corpus: adding three serving packages once shifted it, and with it the held-back documents
+# (tests/test_embedded_saes.py measured another explained variance). A distribution listed here but not installed
 # changes the corpus, which that test then reports.
 CORPUS_DISTRIBUTIONS = frozenset(json.loads((Path(__file__).with_name("corpus_distributions.json")).read_text()))
 
