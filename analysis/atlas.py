@@ -90,6 +90,9 @@ class LayerInfo(BaseModel):
     threshold: float | None = None
     threshold_rule: str | None = None    # why this threshold (precompute.pipeline.threshold_rule)
     word_pair_hook: str | None = None    # where word_h_in/out were read (published: resid_pre = hidden_states[L])
+    # cooc.npz holds each feature's cooc_topk top partners only (a wide layer, precompute
+    # cooc_wide_from); None: the full co-occurrence
+    cooc_topk: int | None = None
     computed: list[str] = Field(default_factory=list)
 
 

@@ -439,6 +439,12 @@ def run_geometry(atlas_path, config: GeometryConfig | None = None, progress: boo
     atlas = open_atlas(atlas_path)
     layers = sorted(L for L in atlas.layer_ids if atlas.has(LayerFiles(L).decoder)
                     and (config.layers is None or L in config.layers))
+    for L in layers:
+        topk, F = atlas.manifest.layer(L).cooc_topk, atlas.array(LayerFiles(L).decoder).shape[0]
+        if topk is not None and F <= config.wide_from:
+            raise ValueError(f"layer {L}: cooc.npz holds each feature's top {topk} co-occurrence partners only, "
+                             f"which the dense path (up to wide_from = {config.wide_from} features) cannot use; "
+                             f"set wide_from below {F}")
     if atlas.manifest.configs.get("geometry") != wanted:
         # other settings: nothing done so far counts, and a run interrupted from here on
         # must not take layers done with the old settings for done with the new ones

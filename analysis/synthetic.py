@@ -169,6 +169,7 @@ def make_layer(rng: np.random.Generator, n_features: int, d_model: int, n_lobes:
         "planted.json": {"alpha": alpha, "n_lobes": n_lobes, "dead": sorted(int(i) for i in dead),
                          "trapezoid_ratio": trapezoid_ratio},
         "_n_tokens": int(n_blocks * block_size), "_n_blocks": int(n_blocks), "_subsets": subsets,
+        "_cooc_topk": cooc_topk if wide else None,
     }
 
 
@@ -281,7 +282,8 @@ def make_synthetic_atlas(path: str | Path, n_features: int = 1200, d_model: int 
                           block_size=block_size, threshold=1.0),
         layers=[LayerInfo(layer=L, hook=f"blocks.{L}.hook_resid_post",
                           sae=SAEInfo(source="synthetic", width=n_features, d_in=d_model, architecture="synthetic"),
-                          n_tokens=m["_n_tokens"], n_blocks=m["_n_blocks"], threshold=1.0, computed=["stats"])
+                          n_tokens=m["_n_tokens"], n_blocks=m["_n_blocks"], threshold=1.0, computed=["stats"],
+                          cooc_topk=m["_cooc_topk"])
                 for L, m in zip(layers, made)],
         configs={"synthetic": {"n_features": n_features, "d_model": d_model, "layers": list(layers),
                                "alphas": list(alphas), "n_lobes": n_lobes, "n_blocks": n_blocks,

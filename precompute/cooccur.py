@@ -36,7 +36,7 @@ Rules (METHODS 1, published defaults):
   block-by-feature 0/1 matrix ``B``; ``C[i, i]`` = blocks where i is present, ``n_blocks`` = T.
 
 How C is accumulated: block presence rows are buffered and multiplied ``cooc_chunk_blocks`` at
-a time (never one block at a time).
+a time (never one block at a time), on one of three paths by the width F:
 
 * Dense path (``F <= dense_max_features``): ``R += B^T B`` with float32 ``addmm_`` on the
   device of the activations, only for row tiles up to the diagonal (C is symmetric, so this
@@ -44,11 +44,17 @@ a time (never one block at a time).
   partial sums below 2**24 are exact in float32 (also under TF32 / bf16 inputs, which hold 0
   and 1 exactly), and ``R`` is folded into an int64 accumulator before any entry could reach
   2**24 blocks. Memory: 4 F^2 bytes (1 GiB at F = 16384).
-* Sparse path (wider SAEs): each chunk's ``B`` becomes a scipy CSR matrix on the CPU and
-  ``B^T B`` (exact integer sparse product) is added to an int64 CSR accumulator. Memory grows
-  with the number of co-occurring pairs. With ``cooc_topk=k`` ``finalize`` keeps, per row, the
-  diagonal and the k largest off-diagonal counts (ties: lower column), symmetrised by union, so
-  the stored matrix stays symmetric with exact counts for every kept pair.
+* Sparse path (``dense_max_features < F <= wide_from``): each chunk's ``B`` becomes a scipy
+  CSR matrix on the CPU and ``B^T B`` (exact integer sparse product) is added to an int64 CSR
+  accumulator. Memory grows with the number of co-occurring pairs.
+* Wide path (``F > wide_from``, 16,384 by default as the geometry stage's ``wide_from``): the
+  number of co-occurring pairs has no useful bound there (hundreds of millions at 262,144
+  features), so no pair is accumulated. Each chunk's presence rows are kept instead (int32
+  feature ids, 4 bytes per presence, and a count per block), and ``finalize`` forms C from
+  them with ``analysis.partners.top_partners``: per feature the diagonal and the ``cooc_topk``
+  largest off-diagonal counts (ties: lower column), symmetrised by union, exact counts for
+  every kept pair, its rows formed at most ``cooc_chunk_entries`` entries at a time.
+  ``LayerStatsResult.cooc_topk`` says that C holds top partners only (None: the full C).
 
 Other outputs:
 
@@ -88,6 +94,8 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from analysis.partners import top_partners
+
 # float32 represents every integer up to 2**24 exactly; the dense accumulator is folded into
 # int64 before any entry could pass it.
 _F32_EXACT = 2 ** 24
@@ -98,7 +106,7 @@ class LayerStatsResult:
     """Finished statistics of one layer; field names are the atlas file stems (docs/atlas.md)."""
 
     fire_count: np.ndarray        # int64 [F]
-    cooc: sp.csr_matrix           # int64 [F, F], symmetric, diagonal = block counts
+    cooc: sp.csr_matrix           # int64 [F, F], symmetric, diagonal = block counts (see cooc_topk)
     subset_fire: np.ndarray       # int64 [F, S]
     blocks: sp.csr_matrix         # bool [B, F]
     block_subset: np.ndarray      # int16 [B]
@@ -111,6 +119,7 @@ class LayerStatsResult:
     threshold: float
     block_size: int
     top_tokens_exact: bool
+    cooc_topk: int | None = None  # cooc holds each feature's top cooc_topk partners (None: all)
 
     def files(self) -> dict:
         """{atlas file name: object} for the atlas store (the decoder is added by the pipeline)."""
@@ -156,8 +165,10 @@ class LayerStats:
     top_k_contexts, context_left, context_right : top-activating contexts per feature.
     top_k_tokens : tokens kept per feature in ``top_tokens``.
     dense_max_features : widest SAE accumulated as a dense F x F matrix on the device.
+    wide_from : wider SAEs keep only each feature's ``cooc_topk`` top partners (wide path).
+    cooc_topk : partners kept per feature on the wide path.
     cooc_chunk_blocks : blocks buffered per co-occurrence matrix product.
-    cooc_topk : sparse path only; keep the top-k partners per row at finalize (None = all).
+    cooc_chunk_entries : wide path; entries of C formed at once at finalize (bounds its memory).
     max_token_pairs, token_prune_keep : memory bound of the (feature, token) counter.
     device : where the state lives until the first ``update`` (then: the device of ``acts``).
     """
@@ -166,9 +177,9 @@ class LayerStats:
                  block_size: int = 256, max_stored_blocks: int = 20_000, hist_bins: int = 64,
                  hist_range=None, top_k_contexts: int = 10, context_left: int = 8,
                  context_right: int = 4, top_k_tokens: int = 10,
-                 dense_max_features: int = 16_384, cooc_chunk_blocks: int = 2048,
-                 cooc_topk: int | None = None, max_token_pairs: int = 2 ** 25,
-                 token_prune_keep: int = 64, device="cpu"):
+                 dense_max_features: int = 16_384, wide_from: int = 16_384, cooc_topk: int = 32,
+                 cooc_chunk_blocks: int = 2048, cooc_chunk_entries: int = 2 ** 22,
+                 max_token_pairs: int = 2 ** 25, token_prune_keep: int = 64, device="cpu"):
         self.F = int(n_features)
         self.subsets = [str(s) for s in subsets]
         self.vocab = vocab
@@ -179,9 +190,13 @@ class LayerStats:
         self.k_ctx = int(top_k_contexts)
         self.left, self.right = int(context_left), int(context_right)
         self.k_tok = int(top_k_tokens)
-        self.dense = self.F <= dense_max_features
+        if int(cooc_topk) < 1:
+            raise ValueError(f"cooc_topk must be at least 1, got {cooc_topk}")
+        self.wide = self.F > wide_from
+        self.dense = not self.wide and self.F <= dense_max_features
+        self.cooc_topk = int(cooc_topk)
         self.cooc_chunk_blocks = int(cooc_chunk_blocks)
-        self.cooc_topk = cooc_topk
+        self.cooc_chunk_entries = int(cooc_chunk_entries)
         self.max_token_pairs = int(max_token_pairs)
         self.token_prune_keep = int(token_prune_keep)
         self.device = torch.device(device)
@@ -192,7 +207,8 @@ class LayerStats:
         return dict(F=self.F, subsets=self.subsets, V=len(self.vocab), threshold=self.threshold,
                     block_size=self.block_size, max_stored_blocks=self.max_stored_blocks,
                     edges=self.edges.tolist(), k_ctx=self.k_ctx, left=self.left,
-                    right=self.right, dense=self.dense, max_token_pairs=self.max_token_pairs,
+                    right=self.right, dense=self.dense, wide=self.wide, cooc_topk=self.cooc_topk,
+                    max_token_pairs=self.max_token_pairs,
                     token_prune_keep=self.token_prune_keep,
                     tok_merge_min=self._tok_merge_min)
 
@@ -218,6 +234,8 @@ class LayerStats:
         self.cooc_i64 = None         # dense: int64 [F, F] folded sums (rarely needed)
         self.since_fold = 0
         self.cooc_csr = sp.csr_matrix((F, F), dtype=np.int64)     # sparse path
+        self.pres_features: list = []   # wide path: int32 feature ids of each block's presences,
+        self.pres_sizes: list = []      # and presences per block, chunk by chunk in feeding order
         # candidate blocks of the sample: numpy chunks of (candidate row, feature) pairs and,
         # per candidate, its key, global block number and subset; pruned to the smallest keys
         self.stored_rows: list = []
@@ -264,6 +282,8 @@ class LayerStats:
             cooc_indptr=torch.from_numpy(csr.indptr.astype(np.int64)),
             cooc_indices=torch.from_numpy(csr.indices.astype(np.int64)),
             cooc_data=torch.from_numpy(csr.data.astype(np.int64)),
+            pres_features=torch.from_numpy(_cat(self.pres_features, np.int32)),
+            pres_sizes=torch.from_numpy(_cat(self.pres_sizes, np.int64)),
             stored_rows=torch.from_numpy(_cat(self.stored_rows, np.int64)),
             stored_cols=torch.from_numpy(_cat(self.stored_cols, np.int64)),
             stored_sub=torch.from_numpy(_cat(self.stored_sub, np.int64)),
@@ -290,6 +310,8 @@ class LayerStats:
         self.cooc_csr = sp.csr_matrix(
             (state["cooc_data"].numpy(), state["cooc_indices"].numpy(),
              state["cooc_indptr"].numpy()), shape=(self.F, self.F))
+        self.pres_features = [state["pres_features"].numpy()]
+        self.pres_sizes = [state["pres_sizes"].numpy()]
         self.stored_rows = [state["stored_rows"].numpy()]
         self.stored_cols = [state["stored_cols"].numpy()]
         self.stored_sub = [state["stored_sub"].numpy()]
@@ -345,6 +367,10 @@ class LayerStats:
         self.ctx_win = win.gather(1, order[..., None].expand(-1, -1, self._W))
 
     def _merge_cooc(self, other):
+        if self.wide:       # the other side's blocks follow this side's, as in one stream
+            self.pres_features += other.pres_features
+            self.pres_sizes += other.pres_sizes
+            return
         if not self.dense:
             self.cooc_csr = (self.cooc_csr + other.cooc_csr).tocsr()
             return
@@ -486,7 +512,8 @@ class LayerStats:
         self.n_stored = len(keep)
 
     def _flush_cooc(self):
-        """Add the buffered blocks' B^T B to the co-occurrence accumulator."""
+        """Add the buffered blocks' B^T B to the co-occurrence accumulator (wide path: keep
+        their presence rows)."""
         nb = self.buf_blocks
         if nb == 0:
             return
@@ -504,16 +531,21 @@ class LayerStats:
                 r1 = min(self.F, r0 + tile)
                 self.cooc_f32[r0:r1, :r1].addmm_(B[:, r0:r1].T, B[:, :r1])
             self.since_fold += nb
-        else:
-            offset, rows, cols = 0, [], []
-            for rc, nbp in parts:                               # renumber rows chunk-wide
-                rc = rc.cpu().numpy()
-                rows.append(rc[:, 0] + offset)
-                cols.append(rc[:, 1])
-                offset += nbp
-            B = sp.csr_matrix((np.ones(sum(map(len, rows)), np.int32),
-                               (np.concatenate(rows), np.concatenate(cols))), shape=(nb, self.F))
-            self.cooc_csr = (self.cooc_csr + (B.T @ B).astype(np.int64)).tocsr()
+            return
+        offset, rows, cols = 0, [], []
+        for rc, nbp in parts:                                   # renumber rows chunk-wide
+            rc = rc.cpu().numpy()
+            rows.append(rc[:, 0] + offset)
+            cols.append(rc[:, 1])
+            offset += nbp
+        rows, cols = np.concatenate(rows), np.concatenate(cols)
+        if self.wide:
+            # nonzero() lists presences row by row, features ascending: the CSR rows of B
+            self.pres_features.append(cols.astype(np.int32))
+            self.pres_sizes.append(np.bincount(rows, minlength=nb).astype(np.int64))
+            return
+        B = sp.csr_matrix((np.ones(len(rows), np.int32), (rows, cols)), shape=(nb, self.F))
+        self.cooc_csr = (self.cooc_csr + (B.T @ B).astype(np.int64)).tocsr()
 
     def _fold(self):
         if self.cooc_i64 is None:
@@ -593,10 +625,14 @@ class LayerStats:
                     full = full.to(torch.int64) + _mirror_lower(self.cooc_i64)
                 cooc = _dense_to_csr(full.cpu().numpy())
                 del full
+        elif self.wide:
+            sizes = _cat(self.pres_sizes, np.int64)
+            B = sp.csr_matrix((np.ones(int(sizes.sum()), np.int32), _cat(self.pres_features, np.int32),
+                               np.concatenate([[0], np.cumsum(sizes)])), shape=(len(sizes), F))
+            cooc = top_partners(B, self.cooc_topk, dtype=np.int64, max_entries=self.cooc_chunk_entries)
+            del B
         else:
             cooc = self.cooc_csr.copy()
-            if self.cooc_topk is not None:
-                cooc = _topk_symmetric(cooc, self.cooc_topk)
         cooc.sort_indices()
 
         self._prune_sample()
@@ -616,7 +652,8 @@ class LayerStats:
             contexts=self._contexts_table(),
             top_tokens=self._top_tokens_table(*self._pending_tokens(merged=True), V),
             n_tokens=self.n_tokens, n_blocks=self.n_blocks, threshold=self.threshold,
-            block_size=self.block_size, top_tokens_exact=not self.tok_pruned)
+            block_size=self.block_size, top_tokens_exact=not self.tok_pruned,
+            cooc_topk=self.cooc_topk if self.wide else None)
 
     def _contexts_table(self) -> pd.DataFrame:
         val = self.ctx_val.cpu().numpy()
@@ -706,22 +743,6 @@ def _rank_within(group: torch.Tensor, *sort_keys: torch.Tensor) -> torch.Tensor:
     rank = torch.empty_like(order)
     rank[order] = idx - first
     return rank
-
-
-def _topk_symmetric(C: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep the diagonal and each row's k largest off-diagonal entries, symmetrised by union."""
-    coo = C.tocoo()
-    off = coo.row != coo.col
-    r, c, d = coo.row[off], coo.col[off], coo.data[off]
-    order = np.lexsort((c, -d, r))                            # per row: count desc, column asc
-    r, c, d = r[order], c[order], d[order]
-    start = np.searchsorted(r, r, side="left")
-    sel = np.arange(len(r)) - start < k
-    keep = sp.csr_matrix((np.ones(sel.sum(), np.int8), (r[sel], c[sel])), shape=C.shape)
-    keep = (keep + keep.T + sp.identity(C.shape[0], dtype=np.int8, format="csr")) > 0
-    out = C.multiply(keep).tocsr().astype(np.int64)
-    out.eliminate_zeros()
-    return out
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

@@ -128,6 +128,13 @@ class PrecomputeConfig(BaseModel):
     train_batch_size: int = 256
     eval_tokens: int = 16_384               # tokens on which explained variance is measured
     max_stored_blocks: int = 20_000
+    # co-occurrence of layers wider than cooc_wide_from: each feature's cooc_topk top partners
+    # (exact counts) formed at the end from the blocks' presences, in bounded memory; the full C
+    # grows with its co-occurring pairs (precompute.cooccur). None: geometry_config's wide_from
+    # (16,384), filled in here so the manifest records the number; never below it, as the
+    # dense geometry path needs the full C.
+    cooc_wide_from: int | None = Field(None, ge=0)
+    cooc_topk: int = Field(32, ge=1)
     device: str = "auto"
     # model forward precision: auto = bfloat16 on CUDA and on CPUs with native bf16, float32 elsewhere
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -180,6 +187,13 @@ class PrecomputeConfig(BaseModel):
                     ".".join([name, *(str(x) for x in err["loc"])]) + ": "
                     + ("unknown setting" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, "))
                     for err in e.errors())) from None
+        wide_from = GeometryConfig(**self.geometry_config).wide_from
+        if self.cooc_wide_from is None:
+            self.cooc_wide_from = wide_from
+        if self.geometry and self.cooc_wide_from < wide_from:
+            raise ValueError(f"cooc_wide_from ({self.cooc_wide_from}) is below geometry_config.wide_from "
+                             f"({wide_from}): layers between would keep top co-occurrence partners only, "
+                             "which the dense geometry path cannot use; lower geometry_config.wide_from too")
         return self
 
     def resolved(self) -> dict:
@@ -575,7 +589,8 @@ def new_layer_stats(cfg: PrecomputeConfig, saes, thresholds: dict, subsets, voca
     from precompute.cooccur import LayerStats
 
     return {s.layer: LayerStats(s.width, subsets, vocab, threshold=thresholds[s.layer], block_size=cfg.block_size,
-                                max_stored_blocks=cfg.max_stored_blocks, device=device) for s in saes}
+                                max_stored_blocks=cfg.max_stored_blocks, wide_from=cfg.cooc_wide_from,
+                                cooc_topk=cfg.cooc_topk, device=device) for s in saes}
 
 
 def shard_statistics(cfg: PrecomputeConfig, lm: LoadedModel, saes: list[LoadedSAE], thresholds: dict,
@@ -903,7 +918,7 @@ def _run(cfg: PrecomputeConfig) -> Path:
                        dead_features=int((~fired).sum()), top_tokens_exact=r.top_tokens_exact)
         infos.append(LayerInfo(
             layer=L, hook=h, n_tokens=r.n_tokens, n_blocks=r.n_blocks, threshold=r.threshold,
-            threshold_rule=rules[L][1],
+            threshold_rule=rules[L][1], cooc_topk=r.cooc_topk,
             word_pair_hook=word_pair_hooks(cfg, [L], [h])[0] if pairs is not None else None,
             computed=["stats"] + (["word_pairs"] if pairs is not None else []),
             sae=SAEInfo(source=s.source, width=s.width, d_in=s.d_in, architecture=s.architecture, hook=h,

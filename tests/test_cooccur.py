@@ -155,12 +155,17 @@ def run(docs, batch_size=4, **kw):
     return st.finalize()
 
 
-@pytest.mark.parametrize("dense_max", [16_384, 0])      # dense path, sparse path
-def test_matches_slow_reference(dense_max):
+# the three co-occurrence paths on F = 20 features; the wide one forced by a low threshold
+# (cooc_topk 19 keeps every partner, so its C is the full one)
+PATHS = {"dense": {}, "sparse": dict(dense_max_features=0), "wide": dict(wide_from=10, cooc_topk=19)}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_matches_slow_reference(path):
     docs = random_docs(0)
     kw = dict(threshold=0.8, block_size=8, top_k_contexts=3, context_left=2, context_right=1,
               top_k_tokens=4, hist_bins=6, hist_range=(0.8, 4.0), max_stored_blocks=7)
-    r = run(docs, dense_max_features=dense_max, cooc_chunk_blocks=5, **kw)
+    r = run(docs, cooc_chunk_blocks=5, **PATHS[path], **kw)
     ref = reference(docs, 20, 3, 0.8, 8, hist_edges(0.8, 6, (0.8, 4.0)), 3, 2, 1, 4)
     assert r.n_tokens == ref["n_tokens"] and r.n_blocks == ref["n_blocks"] > 10
     np.testing.assert_array_equal(dense(r.cooc), ref["C"])
@@ -180,23 +185,58 @@ def test_matches_slow_reference(dense_max):
     assert [tuple(x) for x in r.top_tokens.itertuples(index=False)] == ref["tt"]
 
 
-def test_dense_and_sparse_paths_identical_and_topk():
+def test_dense_and_sparse_paths_identical():
     docs = random_docs(1, n_docs=20)
     kw = dict(threshold=0.5, block_size=4)
-    d = run(docs, **kw).cooc
-    s = run(docs, dense_max_features=0, cooc_chunk_blocks=3, **kw).cooc
-    assert d.dtype == s.dtype == np.int64
-    np.testing.assert_array_equal(dense(d), dense(s))
-    # top-k: every kept entry is exact; each row keeps its 2 strongest partners (+ diagonal)
-    t = run(docs, dense_max_features=0, cooc_topk=2, **kw).cooc
-    full, kept = dense(d), dense(t)
-    assert (kept != kept.T).sum() == 0
-    assert ((kept == full) | (kept == 0)).all()
-    np.testing.assert_array_equal(np.diag(kept), np.diag(full))
-    for i in range(20):
-        off = np.delete(full[i], i)
-        best = np.sort(off)[::-1][:2]
-        assert sorted(np.delete(kept[i], i))[::-1][:2] == list(best)
+    d = run(docs, **kw)
+    s = run(docs, dense_max_features=0, cooc_chunk_blocks=3, **kw)
+    assert d.cooc.dtype == s.cooc.dtype == np.int64 and d.cooc_topk is s.cooc_topk is None
+    np.testing.assert_array_equal(dense(d.cooc), dense(s.cooc))
+
+
+def top_k_reference(C, k):
+    """Loops over a dense C: each row's diagonal and its k largest off-diagonal counts (ties:
+    lower column), every kept pair stored in both rows with its exact count."""
+    C = dense(C)
+    keep = np.eye(len(C), dtype=bool)
+    for i in range(len(C)):
+        partners = [j for j in range(len(C)) if j != i and C[i, j] > 0]
+        for j in sorted(partners, key=lambda j: (-C[i, j], j))[:k]:
+            keep[i, j] = keep[j, i] = True
+    return np.where(keep, C, 0)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_wide_path_keeps_the_top_partners_of_the_exact_cooccurrence(tmp_path, k):
+    docs = random_docs(8, n_docs=24)
+    kw = dict(threshold=0.5, block_size=4, cooc_chunk_blocks=5)
+    full = run(docs, dense_max_features=0, **kw)       # the full C, accumulated as before
+    expect = top_k_reference(full.cooc, k)
+    assert (expect != dense(full.cooc)).sum() > 50       # many pairs are really dropped
+    make = lambda: LayerStats(20, ["x", "y", "z"], VOCAB, wide_from=10, cooc_topk=k,  # noqa: E731
+                              cooc_chunk_entries=30, **kw)   # a few rows of C at a time
+    whole = _fed(docs, 4, make).finalize()
+    assert whole.cooc_topk == k and whole.cooc.dtype == np.int64 and whole.n_blocks == full.n_blocks
+    np.testing.assert_array_equal(dense(whole.cooc), expect)
+    # a checkpoint in the middle, resumed in a fresh object
+    bl = list(batches(docs, 4))
+    first = make()
+    for b in bl[:3]:
+        first.update(**b)
+    first.save(tmp_path / "ck.pt")
+    resumed = make()
+    resumed.load(tmp_path / "ck.pt")
+    for b in bl[3:]:
+        resumed.update(**b)
+    np.testing.assert_array_equal(dense(resumed.finalize().cooc), expect)
+    # two shards, merged through their states as the pipeline does
+    shards = [_fed(docs[:9], 2, make), _fed(docs[9:], 3, make)]
+    merged = make()
+    for sh in shards:
+        part = make()
+        part.load_state_dict(sh.state_dict())
+        merged.merge(part)
+    np.testing.assert_array_equal(dense(merged.finalize().cooc), expect)
 
 
 def results_equal(a, b):
@@ -209,17 +249,16 @@ def results_equal(a, b):
         else:
             assert x.dtype == y.dtype, name
             np.testing.assert_array_equal(x, y, err_msg=name)
-    assert (a.n_tokens, a.n_blocks, a.top_tokens_exact) == (b.n_tokens, b.n_blocks,
-                                                             b.top_tokens_exact)
+    assert (a.n_tokens, a.n_blocks, a.top_tokens_exact, a.cooc_topk) == (b.n_tokens, b.n_blocks,
+                                                                          b.top_tokens_exact, b.cooc_topk)
 
 
-@pytest.mark.parametrize("dense_max", [16_384, 0])
-def test_checkpoint_resume_identical(tmp_path, dense_max):
+@pytest.mark.parametrize("path", PATHS)
+def test_checkpoint_resume_identical(tmp_path, path):
     docs = random_docs(2, n_docs=24)
     # tiny token accumulator so merges and pruning happen mid-run in both runs
     kw = dict(threshold=0.5, block_size=4, max_stored_blocks=9, top_k_contexts=2,
-              dense_max_features=dense_max, cooc_chunk_blocks=6, max_token_pairs=30,
-              token_prune_keep=2)
+              cooc_chunk_blocks=6, max_token_pairs=30, token_prune_keep=2, **PATHS[path])
 
     def make():
         st = LayerStats(20, ["x", "y", "z"], VOCAB, **kw)
@@ -408,16 +447,16 @@ def _fed(docs, batch_size, make):
     return st
 
 
-@pytest.mark.parametrize("dense_max", [16_384, 0])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("cuts", [[7], [3, 9, 15], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
-def test_merging_the_partials_of_a_split_stream_equals_the_unsplit_stream(dense_max, cuts):
+def test_merging_the_partials_of_a_split_stream_equals_the_unsplit_stream(path, cuts):
     docs = random_docs(5, n_docs=22)
     # ties between documents (same peak in several shards), a sample smaller than the blocks
     # of one shard, and a float32 fold mid-merge
     for d in docs[::3]:
         d["acts"][0, 4] = 7.0
     kw = dict(threshold=0.5, block_size=4, max_stored_blocks=5, top_k_contexts=3,
-              dense_max_features=dense_max, cooc_chunk_blocks=4)
+              cooc_chunk_blocks=4, **PATHS[path])
 
     def make():
         return LayerStats(20, ["x", "y", "z"], VOCAB, **kw)

@@ -137,6 +137,29 @@ def test_sigkill_then_resume_gives_identical_counts(tmp_path):
     assert not work.exists()
 
 
+def test_a_wide_layer_keeps_its_top_partners_and_says_so(tmp_path):
+    """A layer wider than cooc_wide_from (128 features over 64 here): cooc.npz is each feature's
+    top partners, exact; the manifest says so; only the geometry stage's wide path takes it."""
+    from analysis.partners import top_partners
+    from analysis.stage import GeometryConfig, run_geometry
+
+    out = run_precompute(PrecomputeConfig(**MICRO, out=tmp_path / "a", cooc_wide_from=64, cooc_topk=4,
+                                          geometry_config={"wide_from": 64}))
+    atlas = open_atlas(out)
+    info = atlas.manifest.layers[0]
+    assert info.cooc_topk == 4 and atlas.manifest.configs["precompute"]["cooc_wide_from"] == 64
+    C, B = atlas.sparse("layers/1/cooc.npz"), atlas.sparse("layers/1/blocks.npz")
+    assert B.shape[0] == info.n_blocks > 50 and C.dtype == np.int64     # every block is stored here
+    assert (C != top_partners(B, 4, dtype=np.int64)).nnz == 0
+    assert C.nnz < 0.8 * (B.T.astype(np.int64) @ B).nnz
+    small = dict(ks=[2, 4], n_permutations=5, n_random=2, umap=False, entropy_samples=256, entropy_bootstrap=2,
+                 crystals=False)
+    with pytest.raises(ValueError, match="top 4 co-occurrence partners only"):
+        run_geometry(out, GeometryConfig(**small))             # the dense path up to 16,384 features
+    run_geometry(out, GeometryConfig(**small, wide_from=64))
+    assert any(c.startswith("wide:brain") for c in open_atlas(out).manifest.layers[0].computed)
+
+
 def _refused(tmp_path, match, **kw):
     out = tmp_path / "bad"
     with pytest.raises(PrecomputeError, match=match):

@@ -162,3 +162,15 @@ def test_published_profile_says_clearly_that_the_hub_is_unreachable(tmp_path):
     # the corpus is checked first, before the model would load
     assert "monology/pile-uncopyrighted" in last and "Hub could not be reached" in last
     assert not (tmp_path / "pub").exists() and not (tmp_path / "pub.partial").exists()
+
+
+def test_wide_cooccurrence_follows_the_geometry_and_never_undercuts_it():
+    # layers wider than cooc_wide_from keep top partners only, which the dense geometry path
+    # cannot use: by default the two thresholds are one, and a lower precompute one is refused
+    assert (resolved()["cooc_wide_from"], resolved()["cooc_topk"]) == (16384, 32)
+    assert resolved("--set", "geometry.wide_from=4096")["cooc_wide_from"] == 4096
+    assert resolved("--set", "cooc_wide_from=65536")["geometry_config"]["wide_from"] == 16384
+    code, out = cli("--set", "cooc_wide_from=4096")
+    assert code != 0 and "cooc_wide_from (4096) is below geometry_config.wide_from (16384)" in out
+    code, out = cli("--set", "cooc_topk=0")
+    assert code != 0 and "cooc_topk" in out

@@ -111,6 +111,23 @@ def test_top_partners_keeps_each_rows_top_counts_exactly():
     for k in (1, 3, 8):
         got = wide.top_partners(B, k, chunk=7).toarray()       # several chunks
         np.testing.assert_array_equal(got, _dense_top_partners(B, k))
+        got = wide.top_partners(B, k, max_entries=100).toarray()   # chunks cut by entries
+        np.testing.assert_array_equal(got, _dense_top_partners(B, k))
+
+
+def test_top_partners_chunks_hold_at_most_max_entries():
+    from analysis import partners
+
+    rng = np.random.default_rng(5)
+    B = sp.csr_matrix(rng.random((300, 80)) < rng.uniform(0.01, 0.4, 80), dtype=np.int64)
+    Bt = B.T.tocsr()
+    for budget in (1, 60, 500, 10 ** 6):
+        chunks = partners._row_chunks(Bt, np.diff(B.indptr), 16384, budget)
+        assert chunks[0][0] == 0 and chunks[-1][1] == 80
+        assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+        for s, e in chunks:       # a single row may exceed the budget; nothing else does
+            assert e - s == 1 or (Bt[s:e] @ B).nnz <= budget
+    assert len(partners._row_chunks(Bt, np.diff(B.indptr), 16384, 500)) > 5
 
 
 def test_pair_affinity_is_the_dense_affinity_on_stored_pairs():
