@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from analysis import brain
@@ -35,9 +36,13 @@ def test_live_float32_affinities_are_the_full_ones_restricted():
                                       full.astype(np.float32))
 
 
-def test_lanczos_embedding_matches_sklearns():
+@pytest.mark.parametrize("per_cluster", [100, 250])
+def test_lanczos_embedding_matches_sklearns(per_cluster):
+    # 300 points, 6 eigenvectors: more than n / LAPACK_FROM, so LAPACK's in-place reduction;
+    # 750 points: ARPACK's float32 products
+    assert (brain.LAPACK_FROM * 6 > 3 * per_cluster) == (per_cluster == 100)
     rng = np.random.default_rng(2)
-    X = np.concatenate([rng.standard_normal((100, 3)) + 6 * c for c in np.eye(3)])
+    X = np.concatenate([rng.standard_normal((per_cluster, 3)) + 6 * c for c in np.eye(3)])
     A = np.exp(-((X[:, None] - X[None]) ** 2).sum(-1) / 8)
     ref = brain.embed(A, 6)
     ours = brain.embed(A.astype(np.float32), 6, solver="lanczos")
