@@ -53,21 +53,38 @@ class AtlasDetail(BaseModel):
 class LobeLabels(BaseModel):
     affinity: Affinity
     k: int
-    labels: list[int] = Field(description="lobe per feature; -1 = dead/excluded")
+    labels: list[int] = Field(description="lobe per feature (in Points: per point, in the order of ids); "
+                                          "-1 = dead/excluded")
     names: dict[int, str] = Field(default_factory=dict, description="lobe -> its top tokens")
+
+
+class Density(BaseModel):
+    """The features of a selection that are not points, one entry per occupied cell of a
+    grid³ grid over the selection's box: where they are, how many, the most frequent one."""
+    grid: int = Field(description="cells per axis of the selection's box")
+    x: list[float] = Field(description="mean position of the cell's features that are not points")
+    y: list[float]
+    z: list[float]
+    count: list[int] = Field(description="features of the cell that are not points")
+    feature: list[int] = Field(description="the most frequent of them")
 
 
 class Points(BaseModel):
     atlas: str
     layer: int
     layout: Layout
-    n: int
+    n: int = Field(description="features in the layer")
+    n_selected: int = Field(description="features in the selection (lobe and box; the layer without them)")
+    complete: bool = Field(description="every selected feature is a point (density is then None)")
+    ids: list[int] = Field(description="feature id of each point, ascending; x, y, z, fire_count, frequency "
+                                       "and lobes.labels are in this order")
     x: list[float]
     y: list[float]
     z: list[float]
     fire_count: list[int] | None
     frequency: list[float] | None = Field(description="fraction of tokens on which the feature fired")
     lobes: LobeLabels | None
+    density: Density | None = Field(None, description="the selected features that are not points")
 
 
 class Neighbor(BaseModel):
