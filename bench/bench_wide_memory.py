@@ -13,6 +13,13 @@ prints per step the wall time and the peak resident memory of that process (samp
 * clustering (phi, k = 2..64 or ``--ks``) - wide: phi on the stored pairs, 15-NN graph, sparse spectral
   embedding, k-means per k; dense: ``brain.cooccurrence_affinity`` float32 + Lanczos
   embedding + k-means (the published path at 16k, issue 11);
+* precompute co-occurrence (``--stats``): ``precompute.cooccur.LayerStats`` fed the same
+  synthetic activations at each width (Zipf(1) feature frequencies, ``--l0`` firing features
+  per token, 4-token blocks, so a block holds the few hundred features of a real 256-token
+  block at a 64th of the activations to feed), once accumulating the full C (the sparse path
+  every layer above 16,384 features took before) and once keeping block presences and forming
+  the top 32 partners at the end (the wide path now); time, peak memory (VmHWM, the 268 MB
+  activation buffer at 262k included) and what the co-occurrence holds before ``finalize``;
 * UMAP (``--umap``, 32,768 features): fitted on a 5,000-feature sample and extended by
   nearest-sample interpolation or by umap's ``transform``; time, and for both the planted
   lobes' separation in 3-D (silhouette of a 5,000-feature subsample) and how many of each
@@ -22,6 +29,8 @@ prints per step the wall time and the peak resident memory of that process (samp
     python bench/bench_wide_memory.py --widths 16384 65536
     python bench/bench_wide_memory.py --widths 1048576 --ks 2 4 8 16   # quicker at 1M
     python bench/bench_wide_memory.py --umap                # the UMAP extension comparison
+    python bench/bench_wide_memory.py --stats               # precompute co-occurrence, 16k-262k
+    python bench/bench_wide_memory.py --stats --quick       # 65k, 512 blocks
 """
 from __future__ import annotations
 
@@ -119,15 +128,95 @@ def umap_child(F: int, n_sample: int) -> dict:
     return out
 
 
+def stats_child(F: int, n_blocks: int, path: str, l0: int = 75) -> dict:
+    """LayerStats over ``n_blocks`` blocks of synthetic activations; ``path`` "full" (the whole C
+    accumulated) or "wide" (presences kept, top partners at finalize)."""
+    import torch
+
+    from precompute.cooccur import LayerStats
+
+    peak = Peak()
+    bs, N, T = 4, 4, 64                               # 64 blocks per update
+    rng = np.random.default_rng(0)
+    order = rng.permutation(F)
+    cdf = np.cumsum(1.0 / np.arange(1, F + 1))
+    cdf /= cdf[-1]                                    # Zipf(1) over features in random order
+    paths = {"full": dict(dense_max_features=0, wide_from=F), "wide": dict(wide_from=min(F - 1, 16384))}
+    # few bins and contexts: their [F, ...] arrays would otherwise dominate the update time
+    st = LayerStats(F, ["a"], [str(i) for i in range(100)], block_size=bs, hist_bins=8, top_k_contexts=1,
+                    context_left=0, context_right=0, max_stored_blocks=1000, **paths[path])
+    acts = torch.zeros(N, T, F)
+    out: dict = {"F": F, "path": path, "input_gb": acts.numel() * 4 / 1e9}
+    t_feed = 0.0
+    for i in range(n_blocks // (N * T // bs)):
+        acts.zero_()
+        f = order[np.searchsorted(cdf, rng.random((N * T, l0)))]
+        acts.view(N * T, F).numpy()[np.arange(N * T)[:, None], f] = 1.0 + rng.exponential(1.0, (N * T, l0))
+        t = time.perf_counter()
+        st.update(acts, torch.from_numpy(rng.integers(0, 100, (N, T))), N * i + np.arange(N), np.zeros(N, int))
+        t_feed += time.perf_counter() - t
+    st._flush_cooc()
+    C = st.cooc_csr                                   # what the co-occurrence holds now
+    held = (sum(a.nbytes for a in st.pres_features + st.pres_sizes) if st.wide
+            else C.data.nbytes + C.indices.nbytes + C.indptr.nbytes)
+    out.update(feed=(t_feed, peak.reset() / 1e9), held_bytes=int(held), pairs=int(st.cooc_csr.nnz),
+               presences=int(sum(a.size for a in st.pres_features)))
+    t = time.perf_counter()
+    r = st.finalize()
+    out.update(finalize=(time.perf_counter() - t, peak.reset() / 1e9), n_blocks=r.n_blocks, cooc_nnz=int(r.cooc.nnz),
+               presences_per_block=float(r.blocks.sum(1).mean()))
+    # VmHWM: this process's own peak (ru_maxrss would count a parent's pages at fork too)
+    hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0].split()[1]
+    out["vmhwm_gb"] = int(hwm) * 1024 / 1e9
+    return out
+
+
+def stats_table(widths, n_blocks: int, l0: int) -> None:
+    print(f"LayerStats co-occurrence, {n_blocks} blocks, {l0} firing features per token")
+    print(f"{'features':>9} {'path':<6} {'feed s':>7} {'finalize s':>10} {'held GB':>8} {'peak GB':>8}  notes")
+    for F in widths:
+        res = {}
+        for path in ("full", "wide"):
+            r = subprocess.run([sys.executable, __file__, "--stats-child", str(F), "--path", path,
+                                "--blocks", str(n_blocks), "--l0", str(l0)], capture_output=True, text=True)
+            if r.returncode != 0:
+                print(f"{F:>9} {path:<6} failed: {(r.stderr.strip().splitlines() or [r.returncode])[-1]}")
+                continue
+            o = res[path] = json.loads(r.stdout.strip().splitlines()[-1])
+            what = (f"{o['pairs']:,} entries accumulated" if path == "full"
+                    else f"{o['presences']:,} presences kept; {o['cooc_nnz'] / F:.0f} stored entries per feature")
+            print(f"{F:>9} {path:<6} {o['feed'][0]:7.1f} {o['finalize'][0]:10.1f} {o['held_bytes'] / 1e9:8.3f} "
+                  f"{o['vmhwm_gb']:8.2f}  {what}; {o['presences_per_block']:.0f} features per block")
+        if len(res) == 2:
+            f, w = res["full"], res["wide"]
+            print(f"{F:>9} {'':<6} full / wide: time {(f['feed'][0] + f['finalize'][0]) / (w['feed'][0] + w['finalize'][0]):.1f}x, "
+                  f"peak {f['vmhwm_gb'] / w['vmhwm_gb']:.1f}x (activation buffer {w['input_gb']:.2f} GB in both)")
+        sys.stdout.flush()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--widths", type=int, nargs="+", default=[16384, 65536, 262144, 1048576])
     ap.add_argument("--umap", action="store_true", help="compare the two UMAP extensions (32k features)")
     ap.add_argument("--ks", type=int, nargs="+", default=KS, help="cluster counts (2 and 4 at least)")
     ap.add_argument("--quick", action="store_true", help="4,096 (with the dense reference) and 65,536 features, k <= 8")
+    ap.add_argument("--stats", action="store_true", help="precompute co-occurrence: full C against top partners")
+    ap.add_argument("--blocks", type=int, default=2048, help="--stats: blocks fed")
+    ap.add_argument("--l0", type=int, default=75, help="--stats: firing features per token")
+    ap.add_argument("--stats-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--path", default="wide", help=argparse.SUPPRESS)
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--umap-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.stats_child:
+        print(json.dumps(stats_child(args.stats_child, args.blocks, args.path, args.l0)))
+        return
+    if args.stats:
+        if args.quick:
+            args.widths, args.blocks = [65536], 512
+        # up to 262k: the activation buffer alone is 1 MB a token there (4 at 1M)
+        stats_table([F for F in args.widths if F <= 262144], args.blocks, args.l0)
+        return
     if args.quick:
         args.widths, args.ks = [4096, 65536], [2, 4, 8]
     if args.child:

@@ -48,9 +48,10 @@ a time (never one block at a time), on one of three paths by the width F:
   CSR matrix on the CPU and ``B^T B`` (exact integer sparse product) is added to an int64 CSR
   accumulator. Memory grows with the number of co-occurring pairs.
 * Wide path (``F > wide_from``, 16,384 by default as the geometry stage's ``wide_from``): the
-  number of co-occurring pairs has no useful bound there (hundreds of millions at 262,144
-  features), so no pair is accumulated. Each chunk's presence rows are kept instead (int32
-  feature ids, 4 bytes per presence, and a count per block), and ``finalize`` forms C from
+  co-occurring pairs grow with every block fed (67 M entries after 2,048 blocks of ~220
+  features at 262,144 features, ``bench/bench_wide_memory.py --stats``), so none is
+  accumulated. Each chunk's presence rows are kept instead (int32 feature ids, 4 bytes per
+  presence, and a count per block), and ``finalize`` forms C from
   them with ``analysis.partners.top_partners``: per feature the diagonal and the ``cooc_topk``
   largest off-diagonal counts (ties: lower column), symmetrised by union, exact counts for
   every kept pair, its rows formed at most ``cooc_chunk_entries`` entries at a time.

@@ -246,6 +246,26 @@ def test_262k_features_layer_within_memory_bound():
     assert res["ami_phi_k4"] > 0.9 and res["ami_geometry_k4"] > 0.9, res
 
 
+def test_262k_features_precompute_cooccurrence_within_memory_bound():
+    """The precompute's co-occurrence of a 262,144-feature layer (issue 12): LayerStats fed
+    1,024 blocks of synthetic activations (``bench/bench_wide_memory.py --stats``: Zipf(1)
+    feature frequencies, 75 firing features per token, 4-token blocks holding ~224 features
+    each) keeps the blocks' presences and forms each feature's top 32 partners at the end.
+    Measured: 1.22 GB peak (VmHWM; the activation buffer, 0.27 GB, included). The
+    accumulator this replaces, the full C, held 67 M entries (0.81 GB) on 2,048 such
+    blocks, 3.68 GB peak against 1.37 GB for the wide path, and grows with the blocks fed.
+    """
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_wide_memory.py"), "--stats-child", "262144",
+                          "--path", "wide", "--blocks", "1024"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["n_blocks"] == 1024 and res["presences_per_block"] > 150 and res["pairs"] == 0
+    # what the pass holds for the co-occurrence: 4 bytes per presence and 8 per block
+    assert res["held_bytes"] == 4 * res["presences"] + 8 * 1024
+    assert res["cooc_nnz"] <= 65 * 262144                  # 32 partners per row, union, diagonal
+    assert res["vmhwm_gb"] < 2.0, res
+
+
 def test_gram_recolouring_equals_the_svd_one():
     # wide synthetic layers re-colour through the [d, d] Gram matrix; the same directions
     from analysis import galaxy
