@@ -189,7 +189,8 @@ def stats_table(widths, n_blocks: int, l0: int) -> None:
                   f"{o['vmhwm_gb']:8.2f}  {what}; {o['presences_per_block']:.0f} features per block")
         if len(res) == 2:
             f, w = res["full"], res["wide"]
-            print(f"{F:>9} {'':<6} full / wide: time {(f['feed'][0] + f['finalize'][0]) / (w['feed'][0] + w['finalize'][0]):.1f}x, "
+            seconds = {p: o["feed"][0] + o["finalize"][0] for p, o in res.items()}
+            print(f"{F:>9} {'':<6} full / wide: time {seconds['full'] / seconds['wide']:.1f}x, "
                   f"peak {f['vmhwm_gb'] / w['vmhwm_gb']:.1f}x (activation buffer {w['input_gb']:.2f} GB in both)")
         sys.stdout.flush()
 
