@@ -46,15 +46,15 @@ def reference_update(C, acts, block_size, threshold):
             C += np.outer(b, b)
 
 
-def saegeo_cooc(stats, acts):
+def saegeo_cooc(stats, acts, doc_ids):
     """LayerStats' co-occurrence path alone (firings -> block presence -> buffered B^T B)."""
     N, T, F = acts.shape
     flat = _firing_indices(acts, stats.threshold)
     nt = flat // F
     n = nt // T
     lengths = torch.full((N,), T, device=acts.device)
-    stats._update_blocks(n, nt - n * T, flat - nt * F, torch.zeros(N, dtype=torch.int64,
-                                                                   device=acts.device), lengths)
+    stats._update_blocks(n, nt - n * T, flat - nt * F, torch.zeros(N, dtype=torch.int64, device=acts.device),
+                         lengths, doc_ids.to(acts.device))
 
 
 def main():
@@ -93,7 +93,7 @@ def main():
         doc_ids = torch.arange(i * n_docs, (i + 1) * n_docs)
         _sync(args.device)
         t0 = time.perf_counter()
-        saegeo_cooc(cooc_only, acts_d)
+        saegeo_cooc(cooc_only, acts_d, doc_ids)
         _sync(args.device)
         t1 = time.perf_counter()
         stats.update(acts_d, tokens_d, doc_ids, doc_ids % 2)
