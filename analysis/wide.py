@@ -19,7 +19,10 @@ of size F x F exists:
   neighbour graph); it is an approximation of the published dense clustering, whose
   agreement tests/test_wide.py measures where both run;
 * **UMAP** is fitted on a random sample of features and extended to the rest
-  (``umap_sampled``).
+  (``umap_sampled``);
+* **decoder-cosine neighbours** (cards, the geometry kNN graph) come from NN-descent
+  (``nndescent_neighbors``), or from an inverted file (``ivf_neighbors``, faster and of far
+  lower recall); ``neighbor_recall`` measures either against the exact table.
 """
 from __future__ import annotations
 
@@ -160,19 +163,22 @@ def ivf_neighbors(W: np.ndarray, K: int = 16, n_cells: int | None = None, n_prob
 
 
 def nndescent_neighbors(W: np.ndarray, K: int = 16, n_candidates: int = 48, random_state: int = 0,
-                        n_jobs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        n_jobs: int | None = None, exact_upto: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Approximate top-``K`` decoder-cosine neighbours by NN-descent (pynndescent).
 
     NN-descent (Dong, Charikar, Li, *Efficient k-nearest neighbor graph construction for
     generic similarity measures*, WWW 2011) starts from random-projection-tree neighbours and
     refines a graph of ``n_candidates`` neighbours per row by comparing each row with its
     neighbours' neighbours; work grows about as F n_candidates² d instead of F² d. The graph
-    is wider than ``K`` because its width buys recall (bench/bench_wide_neighbors.py: 16 of
-    16 exact neighbours found 0.85 of the time with 30 candidates, 0.96 with 48, at 65k x 128).
+    is wider than ``K`` because its width buys recall (bench/bench_wide_neighbors.py, 65,536 x
+    128: of the 16 exact neighbours 0.88 found with 32 candidates, 0.97 with 48).
     The ``K`` best of each row are then ranked by their exact float32 cosines.
 
-    Dead (zero) rows are nobody's neighbour and get -1 / -inf fillers, as do rows short of
-    ``K`` neighbours. Returns ``(indices int32 [F, K], cosines float32 [F, K])``, best
+    Up to ``exact_upto`` live rows (default: four graph widths, too few for its trees) the
+    candidates come from the exact table instead. pynndescent compiles its parallel functions
+    with numba in every new process, about a minute of CPU that numba cannot cache. Dead (zero)
+    rows are nobody's neighbour and get -1 / -inf fillers, as do rows short of ``K``
+    neighbours. Returns ``(indices int32 [F, K], cosines float32 [F, K])``, best
     first, as ``layout.neighbors``.
     """
     U = _unit(W)
@@ -186,7 +192,7 @@ def nndescent_neighbors(W: np.ndarray, K: int = 16, n_candidates: int = 48, rand
         return idx, cos
     m = min(max(n_candidates, K) + 1, live.size)      # the graph lists each row itself too
     X = np.ascontiguousarray(U[live])
-    if live.size <= 4 * m:                             # too few rows for trees: exact is cheap
+    if live.size <= (4 * m if exact_upto is None else exact_upto):
         from analysis.layout import neighbors as exact
 
         g, _ = exact(X, m - 1)
