@@ -109,6 +109,7 @@ class CrystalSearch(Artefact):
     n_neighbors: int | None = None
     n_faces: int
     n_edge_pairs: int
+    n_features: int | None = None    # features searched (a wide layer: its most frequent)
 
 
 class BaselineCounts(Artefact):

@@ -11,7 +11,7 @@ Parts whose inputs a layer lacks are skipped and listed in ``LayerInfo.computed`
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -99,21 +99,20 @@ class GeometryConfig(BaseModel):
     # wide SAEs (issue 12; analysis/wide.py). Layers with more features than wide_from take
     # the wide path, in which no F x F array exists: lobes from sparse kNN affinities on the
     # stored co-occurrence pairs, UMAP fitted on a sample, approximate (IVF) neighbours,
-    # the regression test on a sample of features, crystals skipped. At and below it the
-    # published dense path runs unchanged.
+    # the regression test on a sample of features, crystals among the most frequent features
+    # (wide_crystal_features). At and below it the published dense path runs unchanged.
     wide_from: int = 16384
     wide_knn: int = 15                 # neighbours per feature of each kNN affinity graph
     wide_n_init: int = 1               # k-means restarts per k on the sparse embeddings
     wide_umap_sample: int = 10000      # features UMAP is fitted on
     wide_umap_extend: str = "interpolate"   # or "transform" (umap's own); bench_wide_memory compares
-    # decoder-cosine neighbours of a wide layer (cards, geometry kNN graph): "nndescent" (NN-descent
-    # with wide_neighbor_candidates per feature; recall 0.96-0.99 in bench/bench_wide_neighbors.py)
-    # or "ivf" (inverted file, sqrt(F) cells, wide_neighbor_probe probed; recall 0.3-0.5 there)
-    wide_neighbor_method: Literal["nndescent", "ivf"] = "nndescent"
-    wide_neighbor_candidates: int = 48
-    wide_neighbor_probe: int = 8
+    wide_neighbor_probe: int = 8       # IVF cells searched per feature (sqrt(F) cells)
     wide_regression_sample: int = 20000     # features of the logistic-regression test
     wide_sample_seed: int = 0
+    # crystals of a wide layer: the search runs among this many of its most frequently firing
+    # features (the explorer draws the most frequent ones as points), with the neighbours and
+    # baseline of a layer of that width
+    wide_crystal_features: int = 4096
 
 
 # --------------------------------------------------------------------------- one layer
@@ -274,6 +273,17 @@ def compute_galaxy(W, config: GeometryConfig) -> dict:
             "galaxy.json": Galaxy(power_law=fit, isotropic=iso, entropy=ent, estimator=config.entropy_estimator)}
 
 
+def _most_frequent(fire_count, C, n: int, m: int) -> np.ndarray:
+    """Ids of the ``m`` most frequent of ``n`` features, ascending: by ``fire_count``, else by
+    the block counts on the diagonal of ``C``, else the first ``m``; ties to the lower id."""
+    if fire_count is None and C is not None:
+        fire_count = C.diagonal()
+    if fire_count is None:
+        return np.arange(min(m, n))
+    order = np.argsort(-np.asarray(fire_count, dtype=np.float64), kind="stable")
+    return np.sort(order[:m])
+
+
 def _crystal_options(config: GeometryConfig, n_features: int) -> dict[str, Any]:
     """The crystal search's options for a layer of this width (see crystal_full_width)."""
     options = dict(config.crystal_options)
@@ -286,7 +296,7 @@ def _crystal_options(config: GeometryConfig, n_features: int) -> dict[str, Any]:
 
 def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None, T: int | None = None,
                   blocks=None, block_subset=None, subsets: list[str] | None = None,
-                  top_tokens: pd.DataFrame | None = None, word: dict | None = None,
+                  top_tokens: pd.DataFrame | None = None, word: dict | None = None, fire_count=None,
                   previous: tuple[np.ndarray, dict] | None = None, progress=None) -> tuple[dict, list[str]]:
     """All derived files of one layer from arrays in memory.
 
@@ -295,7 +305,8 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
     W : decoder rows [F, d]. Everything else is optional; parts lacking their inputs are
         skipped: brain needs ``C`` (co-occurrence [F, F]) and ``T`` (blocks); lobe subsets
         also ``blocks`` [B, F] and ``block_subset`` [B]; lobe tokens ``top_tokens``; atom.json
-        ``word`` = dict(h_in, h_out, tasks, input_tokens, output_tokens).
+        ``word`` = dict(h_in, h_out, tasks, input_tokens, output_tokens); a wide layer's
+        crystals ``fire_count`` [F] (else the block counts of ``C``, else feature order).
     previous : (decoder, files) of the preceding layer, to align its layouts to.
     progress : optional ``progress(step)`` called with a short description as each step
         starts (a 16k-feature layer takes minutes).
@@ -336,15 +347,11 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
     if wide_layer:
         from analysis import wide
 
-        K = max(config.neighbors_k, config.wide_knn)
-        if config.wide_neighbor_method == "ivf":
-            nb, nc = wide.ivf_neighbors(W, K, n_probe=config.wide_neighbor_probe, random_state=config.wide_sample_seed)
-            how = f"IVF probing {config.wide_neighbor_probe} of {int(np.sqrt(W.shape[0]))} cells"
-        else:
-            nb, nc = wide.nndescent_neighbors(W, K, config.wide_neighbor_candidates, config.wide_sample_seed)
-            how = f"NN-descent, {config.wide_neighbor_candidates} candidates per feature"
+        nb, nc = wide.ivf_neighbors(W, max(config.neighbors_k, config.wide_knn), n_probe=config.wide_neighbor_probe,
+                                    random_state=config.wide_sample_seed)
         recall = wide.neighbor_recall(W, nb[:, :config.neighbors_k], 200, config.wide_sample_seed)
-        computed.append(f"wide:neighbors (approximate, {how}; recall {recall:.3f} on 200 features)")
+        computed.append(f"wide:neighbors (approximate, IVF probing {config.wide_neighbor_probe} of "
+                        f"{int(np.sqrt(W.shape[0]))} cells; recall {recall:.3f} on 200 features)")
     else:
         nb, nc = layout.neighbors(W, max(config.neighbors_k, n_crystal))
     files["neighbors.npy"], files["neighbors_cos.npy"] = nb[:, :config.neighbors_k], nc[:, :config.neighbors_k]
@@ -370,18 +377,27 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
     atom_json: dict[str, Any] = {}
     if not config.crystals:
         computed.append("skipped:crystals (disabled in config)")
-    elif wide_layer:
-        # the edge-pair search and its baseline draws grow as (F m)^2: hours at 262k
-        computed.append(f"skipped:crystals ({W.shape[0]} features > wide_from {config.wide_from})")
     else:
+        # The edge-pair search and its baseline draws grow as (F m)^2 (hours at 262k), so a
+        # wide layer's search runs among its most frequent features, as a layer of that width
+        sub, Wc, nbc = None, W, nb
+        if wide_layer:
+            sub = _most_frequent(fire_count, C, W.shape[0], config.wide_crystal_features)
+            Wc, nbc = W[sub], None
+            crystal_options = _crystal_options(config, sub.size)
+            computed.append(f"wide:crystals (among the {sub.size} most frequently firing features)")
         _notify(progress, "crystals: search")
-        crystals = atom.crystal_search(W, neighbors=nb, **crystal_options)
+        crystals = atom.crystal_search(Wc, neighbors=nbc, **crystal_options)
+        if sub is not None:
+            for col in "abcd":
+                crystals[col] = sub[crystals[col].to_numpy()]
         files["crystals.parquet"] = crystals
         atom_json["crystal_search"] = {**crystal_options, "n_faces": len(crystals),
-                                       "n_edge_pairs": int(crystals.attrs.get("n_edge_pairs", 0))}
+                                       "n_edge_pairs": int(crystals.attrs.get("n_edge_pairs", 0)),
+                                       "n_features": int(Wc.shape[0])}
         _notify(progress, f"crystals: {config.crystal_baseline_repeats} random baseline draws")
         atom_json["crystal_baseline"] = atom.crystal_baseline(
-            W, n_repeats=config.crystal_baseline_repeats, match=config.crystal_baseline_match,
+            Wc, n_repeats=config.crystal_baseline_repeats, match=config.crystal_baseline_match,
             thresholds=config.crystal_thresholds, **crystal_options)
         atom_json["crystal_counts"] = atom.crystal_significance(
             atom.crystal_counts(crystals, config.crystal_thresholds), atom_json["crystal_baseline"])
@@ -412,6 +428,8 @@ def _layer_inputs(atlas, L: int) -> dict:
         out["subsets"] = list(atlas.manifest.corpus.subsets)
     if atlas.has(f.top_tokens):
         out["top_tokens"] = atlas.table(f.top_tokens)
+    if atlas.has(f.fire_count):
+        out["fire_count"] = np.asarray(atlas.array(f.fire_count))
     if atlas.has("wordpairs/pairs.parquet") and atlas.has(f.word_h_in) and atlas.has(f.word_h_out):
         pairs = atlas.table("wordpairs/pairs.parquet")
         out["word"] = {"h_in": np.asarray(atlas.array(f.word_h_in)),

@@ -202,6 +202,33 @@ def test_wide_path_is_taken_only_above_the_threshold():
     assert any(c.startswith("wide:neighbors") for c in wide_)
 
 
+
+def test_wide_layer_crystals_are_searched_among_its_most_frequent_features():
+    from analysis import atom, stage
+
+    rng = np.random.default_rng(3)
+    F = 2400
+    W0 = rng.normal(size=(F, 24))
+    W, faces = atom.plant_crystals(rng, W0, n_parallelograms=4, n_trapezoids=0)
+    fire = rng.integers(1, 100, F)
+    planted = faces[["a", "b", "c", "d"]].to_numpy()
+    common = dict(umap=False, entropy_bootstrap=2, wide_from=1000, wide_crystal_features=600,
+                  crystal_options={"min_cos": 0.9, "n_neighbors": 10}, crystal_baseline_repeats=1)
+    frequent, rare = planted[:2].ravel(), planted[2:].ravel()
+    fire[frequent] = 1000 + np.arange(frequent.size)        # two faces among the most frequent
+    fire[rare] = 0                                          # two among the rarest
+    files, computed = stage.compute_layer(W.astype(np.float32), stage.GeometryConfig(**common), fire_count=fire)
+    assert "wide:crystals (among the 600 most frequently firing features)" in computed
+    found = {frozenset(r) for r in files["crystals.parquet"][["a", "b", "c", "d"]].to_numpy()}
+    for face in planted[:2]:                 # found, and named by their ids in the whole layer
+        assert frozenset(face) in found
+    for face in planted[2:]:
+        assert frozenset(face) not in found
+    searched = set(np.argsort(-fire, kind="stable")[:600])
+    assert set(files["crystals.parquet"][["a", "b", "c", "d"]].to_numpy().ravel()) <= searched
+    assert files["atom.json"].crystal_search.n_features == 600
+
+
 WIDE_CHILD = textwrap.dedent("""
     import json, sys
     import numpy as np
@@ -210,11 +237,15 @@ WIDE_CHILD = textwrap.dedent("""
     F = int(sys.argv[1])
     m = make_layer(np.random.default_rng(0), F, 64, n_lobes=4, alpha=0.5, n_blocks=F, block_size=256,
                    n_parallelograms=2, n_trapezoids=0)
+    # crystals among the 4,096 most frequent features: in 64 dimensions 1.6 % of random edge
+    # pairs reach |cos| 0.3 (some 20 M pairs here), hence cos 0.5, 10 neighbours and one draw
     cfg = stage.GeometryConfig(affinities=["phi"], ks=[2, 4], n_permutations=2, n_random=2, umap=False,
-                               entropy_bootstrap=2, wide_neighbor_probe=4, wide_regression_sample=2000)
+                               entropy_bootstrap=2, wide_neighbor_probe=4, wide_regression_sample=2000,
+                               crystal_options={"min_cos": 0.5, "n_neighbors": 10}, crystal_baseline_repeats=1)
     files, computed = stage.compute_layer(m["decoder.npy"], cfg, C=m["cooc.npz"], T=m["_n_blocks"],
                                           blocks=m["blocks.npz"], block_subset=m["block_subset.npy"],
-                                          subsets=m["_subsets"], top_tokens=m["top_tokens.parquet"])
+                                          subsets=m["_subsets"], top_tokens=m["top_tokens.parquet"],
+                                          fire_count=m["fire_count.npy"])
     from sklearn.metrics import adjusted_mutual_info_score as ami
     lab, planted = files["lobes_phi.npy"][1], m["planted_lobes.npy"]
     live = lab >= 0
@@ -242,6 +273,7 @@ def test_262k_features_layer_within_memory_bound():
     assert peak_gb < 3.5, peak_gb
     assert "brain" in res["computed"] and any(c.startswith("wide:brain") for c in res["computed"])
     assert res["cooc_nnz"] < 80 * F          # top partners (32 per row, union) + diagonal
+    assert "wide:crystals (among the 4096 most frequently firing features)" in res["computed"], res["computed"]
     # the planted lobes (k = 4) are found by the sparse path at full width
     assert res["ami_phi_k4"] > 0.9 and res["ami_geometry_k4"] > 0.9, res
 
