@@ -11,7 +11,7 @@ Parts whose inputs a layer lacks are skipped and listed in ``LayerInfo.computed`
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -106,7 +106,12 @@ class GeometryConfig(BaseModel):
     wide_n_init: int = 1               # k-means restarts per k on the sparse embeddings
     wide_umap_sample: int = 10000      # features UMAP is fitted on
     wide_umap_extend: str = "interpolate"   # or "transform" (umap's own); bench_wide_memory compares
-    wide_neighbor_probe: int = 8       # IVF cells searched per feature (sqrt(F) cells)
+    # decoder-cosine neighbours of a wide layer (cards, geometry kNN graph): "nndescent" (NN-descent
+    # with wide_neighbor_candidates per feature; recall 0.96-0.99 in bench/bench_wide_neighbors.py)
+    # or "ivf" (inverted file, sqrt(F) cells, wide_neighbor_probe probed; recall 0.3-0.5 there)
+    wide_neighbor_method: Literal["nndescent", "ivf"] = "nndescent"
+    wide_neighbor_candidates: int = 48
+    wide_neighbor_probe: int = 8
     wide_regression_sample: int = 20000     # features of the logistic-regression test
     wide_sample_seed: int = 0
     # crystals of a wide layer: the search runs among this many of its most frequently firing
@@ -347,11 +352,15 @@ def compute_layer(W: np.ndarray, config: GeometryConfig | None = None, *, C=None
     if wide_layer:
         from analysis import wide
 
-        nb, nc = wide.ivf_neighbors(W, max(config.neighbors_k, config.wide_knn), n_probe=config.wide_neighbor_probe,
-                                    random_state=config.wide_sample_seed)
+        K = max(config.neighbors_k, config.wide_knn)
+        if config.wide_neighbor_method == "ivf":
+            nb, nc = wide.ivf_neighbors(W, K, n_probe=config.wide_neighbor_probe, random_state=config.wide_sample_seed)
+            how = f"IVF probing {config.wide_neighbor_probe} of {int(np.sqrt(W.shape[0]))} cells"
+        else:
+            nb, nc = wide.nndescent_neighbors(W, K, config.wide_neighbor_candidates, config.wide_sample_seed)
+            how = f"NN-descent, {config.wide_neighbor_candidates} candidates per feature"
         recall = wide.neighbor_recall(W, nb[:, :config.neighbors_k], 200, config.wide_sample_seed)
-        computed.append(f"wide:neighbors (approximate, IVF probing {config.wide_neighbor_probe} of "
-                        f"{int(np.sqrt(W.shape[0]))} cells; recall {recall:.3f} on 200 features)")
+        computed.append(f"wide:neighbors (approximate, {how}; recall {recall:.3f} on 200 features)")
     else:
         nb, nc = layout.neighbors(W, max(config.neighbors_k, n_crystal))
     files["neighbors.npy"], files["neighbors_cos.npy"] = nb[:, :config.neighbors_k], nc[:, :config.neighbors_k]
