@@ -76,11 +76,12 @@ PROFILES: dict[str, dict[str, Any]] = {
     # the published P1 lobe setup (docs/methods.md, METHODS 1), for a machine with a GPU and
     # the Hugging Face Hub: Gemma-2-2B with Gemma Scope's canonical 16k SAE of layer 12, the
     # first 50,000 documents of the uncopyrighted Pile, 1,024 tokens with BOS, BOS dropped,
-    # 256-token blocks, threshold 1, all eleven k, every other setting at the published default
+    # 256-token blocks, threshold 1, all eleven k with ten k-means restarts each (sklearn's
+    # default, which the published code used), every other setting at the published default
     "published": dict(model="google/gemma-2-2b", saes=["gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical"],
                       corpus="hf:monology/pile-uncopyrighted", max_docs=50_000, max_tokens=None, seq_len=1024,
                       seq_len_includes_bos=True, block_size=256, threshold=1.0, word_pair_layer="hidden_states",
-                      geometry_config=dict(ks=[2, 3, 4, 8, 16, 32, 64, 128, 256, 512, 1024])),
+                      geometry_config=dict(ks=[2, 3, 4, 8, 16, 32, 64, 128, 256, 512, 1024], n_init_large_k=None)),
     # the published galaxy (METHODS 3): the 65k canonical SAEs of all 26 layers; the spectra and
     # entropy need only the decoders, so the corpus pass is short (cards) and the F x F lobe
     # analysis, which the paper ran at 16k only, is left to the profile above

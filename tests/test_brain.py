@@ -226,4 +226,5 @@ def test_fewer_restarts_at_large_k_only_where_set_and_as_good_as_per_k():
                             n_permutations=2, n_random=2)
     files = compute_brain(W, C, T, config)
     np.testing.assert_array_equal(files["lobes_phi.npy"][:, live], cut)
-    assert GeometryConfig().n_init_large_k is None        # the published n_init at every k
+    assert GeometryConfig().n_init_large_k == 1            # one restart from k = 128 on
+    assert GeometryConfig(n_init_large_k=None).n_init_large_k is None   # the published n_init at every k

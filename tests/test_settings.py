@@ -101,6 +101,8 @@ def test_published_profiles_resolve_to_the_published_settings():
     assert g["affinities"] == ["simple_matching", "jaccard", "dice", "overlap", "phi"]
     assert (g["n_permutations"], g["regression_ks"], g["fit_ranks"]) == (100, [2], [11, 150])
     assert (g["entropy_samples"], g["entropy_components"], g["entropy_k"], g["entropy_bootstrap"]) == (5000, 100, 1, 30)
+    assert (g["n_init"], g["n_init_large_k"], g["per_k"]) == (10, None, False)   # ten k-means restarts at every k
+    assert resolved()["geometry_config"]["n_init_large_k"] == 1                   # the default: one from k = 128
     galaxy = resolved("--profile", "published-galaxy")
     assert galaxy["saes"] == [f"gemma-scope-2b-pt-res-canonical/layer_{L}/width_65k/canonical" for L in range(26)]
     # a later option wins over the profile
