@@ -108,8 +108,9 @@ class GeometryConfig(BaseModel):
     wide_umap_sample: int = 10000      # features UMAP is fitted on
     wide_umap_extend: str = "interpolate"   # or "transform" (umap's own); bench_wide_memory compares
     # decoder-cosine neighbours of a wide layer (cards, geometry kNN graph): "nndescent" (NN-descent
-    # with wide_neighbor_candidates per feature; recall 0.96-0.99 in bench/bench_wide_neighbors.py)
-    # or "ivf" (inverted file, sqrt(F) cells, wide_neighbor_probe probed; recall 0.3-0.5 there)
+    # with wide_neighbor_candidates per feature; bench/bench_wide_neighbors.py measured recall 0.97
+    # at 65,536 x 128 and 0.89 at 262,144 x 128) or "ivf" (inverted file, sqrt(F) cells,
+    # wide_neighbor_probe probed; recall 0.34 and 0.24 there with 8 probed)
     wide_neighbor_method: Literal["nndescent", "ivf"] = "nndescent"
     wide_neighbor_candidates: int = 48
     wide_neighbor_probe: int = 8
