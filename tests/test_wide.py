@@ -262,7 +262,7 @@ WIDE_CHILD = textwrap.dedent("""
 def test_262k_features_layer_within_memory_bound():
     # issue 12: a synthetic 262,144-feature layer through every analysis stage that runs at
     # that width (statistics drawn sparsely, top-partner co-occurrence, sparse kNN lobes,
-    # IVF neighbours, galaxy, lobe tables; UMAP off and few ks and draws to keep it short)
+    # NN-descent neighbours, galaxy, lobe tables; UMAP off and few ks and draws to keep it short)
     F = 262144
     out = subprocess.run([sys.executable, "-c", WIDE_CHILD, str(F)], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
