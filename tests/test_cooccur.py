@@ -219,15 +219,7 @@ def test_wide_path_keeps_the_top_partners_of_the_exact_cooccurrence(tmp_path, k)
     assert whole.cooc_topk == k and whole.cooc.dtype == np.int64 and whole.n_blocks == full.n_blocks
     np.testing.assert_array_equal(dense(whole.cooc), expect)
     # a checkpoint in the middle, resumed in a fresh object
-    bl = list(batches(docs, 4))
-    first = make()
-    for b in bl[:3]:
-        first.update(**b)
-    first.save(tmp_path / "ck.pt")
-    resumed = make()
-    resumed.load(tmp_path / "ck.pt")
-    for b in bl[3:]:
-        resumed.update(**b)
+    _, resumed = _checkpointed(make, list(batches(docs, 4)), 3, tmp_path / "ck.pt")
     np.testing.assert_array_equal(dense(resumed.finalize().cooc), expect)
     # two shards, merged through their states as the pipeline does
     shards = [_fed(docs[:9], 2, make), _fed(docs[9:], 3, make)]
@@ -271,15 +263,8 @@ def test_checkpoint_resume_identical(tmp_path, path):
     ref = whole.finalize()
     assert not ref.top_tokens_exact           # pruning really happened
 
-    first = make()
     bl = list(batches(docs, 3))
-    for b in bl[:5]:
-        first.update(**b)
-    first.save(tmp_path / "ck.pt")
-    resumed = make()
-    resumed.load(tmp_path / "ck.pt")
-    for b in bl[5:]:
-        resumed.update(**b)
+    first, resumed = _checkpointed(make, bl, 5, tmp_path / "ck.pt")
     results_equal(ref, resumed.finalize())
     # the run that was checkpointed can also go on unchanged
     for b in bl[5:]:
@@ -440,6 +425,19 @@ def test_stored_blocks_sample_the_whole_pass_evenly():
 
 
 # ------------------------------------------------------------------ merging shard partials
+def _checkpointed(make, bl, cut, path):
+    """(the run fed ``bl[:cut]`` and saved to ``path``, a fresh one loaded from it and fed the rest)"""
+    first = make()
+    for b in bl[:cut]:
+        first.update(**b)
+    first.save(path)
+    resumed = make()
+    resumed.load(path)
+    for b in bl[cut:]:
+        resumed.update(**b)
+    return first, resumed
+
+
 def _fed(docs, batch_size, make):
     st = make()
     for b in batches(docs, batch_size):
