@@ -208,8 +208,10 @@ def _lanczos_embedding(A: np.ndarray, n_components: int, random_state, tol: floa
     A *= inv[None, :]
 
     if LAPACK_FROM * n_components > n:
-        # the wanted eigenvectors are those of the largest eigenvalues of D^-1/2 A D^-1/2
-        _, vecs = eigh(A, subset_by_index=[n - n_components, n - 1], driver="evr",
+        # the wanted eigenvectors are those of the largest eigenvalues of D^-1/2 A D^-1/2.
+        # A.T: the same symmetric matrix in Fortran order, which LAPACK reduces in place; given
+        # A itself (C order) scipy would first copy it (1 GB at 16k features)
+        _, vecs = eigh(A.T, subset_by_index=[n - n_components, n - 1], driver="evr",
                        overwrite_a=True, check_finite=False)
         return _sign_flip(vecs[:, ::-1].astype(np.float64) / dd[:, None])
 
